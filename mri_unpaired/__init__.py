@@ -1,0 +1,1 @@
+"""Unpaired MRI: ingest MRI volumes of other patients onto a planned CT configuration, and load random patches."""

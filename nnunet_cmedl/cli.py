@@ -1,0 +1,54 @@
+"""``nnunet_cmedl <command>``: one entry point, one module per job (each has ``main(argv) -> int`` and --help)."""
+import importlib
+import sys
+
+from nnunet_cmedl.errors import UserInputError
+
+COMMANDS = {
+    "env": ("nnunet_cmedl.env", "print `export nnUNet_extTrainer=...` so stock nnUNetv2_* commands find our trainers"),
+    "make-synthetic": ("nnunet_cmedl.synthetic.cli", "write the synthetic thorax CT dataset + unpaired MRI volumes"),
+    "preprocess-mri": ("mri_unpaired.preprocess", "preprocess unpaired MRI volumes onto a planned CT configuration"),
+    "add-small-config": ("nnunet_cmedl.small_config", "add a small-patch configuration (for CPU runs) to the plans"),
+    "demo": ("nnunet_cmedl.demo", "the whole job on the embedded synthetic dataset, end to end"),
+    "evaluate": ("nnunet_cmedl.evaluation.evaluate_cli", "DSC, surface Dice and HD95 per case for a prediction folder"),
+    "compare": ("nnunet_cmedl.evaluation.compare_cli", "paired comparison (Wilcoxon) of two or more prediction folders"),
+    "export-pmri": ("nnunet_cmedl.inference.export_pmri", "translate CT volumes to pseudo-MRI with a CMEDL checkpoint"),
+    "panels": ("nnunet_cmedl.evaluation.panels", "PNG panels: CT, pMRI, MRI, reference/student/teacher contours"),
+    "report": ("nnunet_cmedl.evaluation.report", "one HTML page for a trained model: curves, metrics, comparison"),
+    "benchmark": ("nnunet_cmedl.benchmark", "train plain nnU-Net and CMEDL with the same budget and compare them"),
+}
+
+
+def run_command(name: str, argv) -> int:
+    module_name, _ = COMMANDS[name]
+    try:
+        module = importlib.import_module(module_name)
+        return int(module.main(argv) or 0)
+    except UserInputError as e:
+        print(f"nnunet_cmedl {name}: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"nnunet_cmedl {name}: interrupted", file=sys.stderr)
+        return 130
+
+
+def usage() -> str:
+    width = max(len(c) for c in COMMANDS)
+    lines = ["usage: nnunet_cmedl <command> [options]   (nnunet_cmedl <command> --help for each)", "", "commands:"]
+    lines += [f"  {c.ljust(width)}  {h}" for c, (_, h) in COMMANDS.items()]
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help"):
+        print(usage())
+        return 0 if argv else 2
+    if argv[0] not in COMMANDS:
+        print(f"nnunet_cmedl: error: unknown command {argv[0]!r}\n\n{usage()}", file=sys.stderr)
+        return 2
+    return run_command(argv[0], argv[1:])
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,72 @@
+"""Write outputs under a temporary name and rename them into place only when complete.
+
+A crash or Ctrl-C therefore never leaves a half-written output under the final name, and an existing output is
+never replaced unless the caller asked for it (``overwrite=True``)."""
+import os
+import shutil
+import tempfile
+from contextlib import contextmanager
+from pathlib import Path
+
+from nnunet_cmedl.errors import UserInputError
+
+
+def refuse_existing(path, overwrite: bool, what: str = "output") -> None:
+    if os.path.exists(path) and not overwrite:
+        raise UserInputError(f"{path}: {what} exists already; pass --overwrite to replace it")
+
+
+@contextmanager
+def atomic_directory(final_path, overwrite: bool = False):
+    """Yield a temporary sibling directory; on success it replaces ``final_path``."""
+    final_path = Path(final_path)
+    refuse_existing(final_path, overwrite)
+    final_path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{final_path.name}.tmp-", dir=final_path.parent))
+    try:
+        yield tmp
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    replace_path(tmp, final_path)
+
+
+@contextmanager
+def atomic_file(final_path, overwrite: bool = True, mode: str = "w"):
+    """Yield an open file object on a temporary sibling; on success it is renamed to ``final_path``."""
+    final_path = Path(final_path)
+    refuse_existing(final_path, overwrite)
+    final_path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{final_path.name}.tmp-", dir=final_path.parent)
+    try:
+        with os.fdopen(fd, mode) as f:
+            yield f
+    except BaseException:
+        os.unlink(tmp)
+        raise
+    os.replace(tmp, final_path)
+
+
+def atomic_temp_path(final_path) -> str:
+    """A temporary file path beside ``final_path`` with the same suffix (for writers that take a file name)."""
+    final_path = Path(final_path)
+    final_path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{final_path.stem}.tmp-", suffix="".join(final_path.suffixes),
+                               dir=final_path.parent)
+    os.close(fd)
+    return tmp
+
+
+def replace_path(src, dst) -> None:
+    """Move ``src`` onto ``dst``; an existing ``dst`` is moved aside first and removed only after the move."""
+    src, dst = Path(src), Path(dst)
+    if dst.exists():
+        aside = dst.with_name(f".{dst.name}.old-{os.getpid()}")
+        os.replace(dst, aside)
+        os.replace(src, dst)
+        if aside.is_dir():
+            shutil.rmtree(aside)
+        else:
+            aside.unlink()
+    else:
+        os.replace(src, dst)
