@@ -1,0 +1,82 @@
+"""Training figures: every CMEDL loss per epoch, and snapshots of CT / pseudo-MRI / real MRI / label."""
+import math
+import os
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+from nnunet_cmedl.utils.atomic import atomic_temp_path, replace_path  # noqa: E402
+
+PANELS = (
+    ("Generators", ("cmedl_G_adversarial", "cmedl_G_cycle", "cmedl_G_identity", "cmedl_G_teacher_seg")),
+    ("Discriminators", ("cmedl_D",)),
+    ("Segmentation (train)", ("cmedl_teacher_seg", "cmedl_student_seg", "train_losses")),
+    ("Hint (student vs teacher features)", ("cmedl_hint",)),
+    ("Validation loss", ("val_losses", "cmedl_teacher_val_loss")),
+    ("Pseudo Dice (val)", ("mean_fg_dice", "cmedl_teacher_pseudo_dice_pmri")),
+)
+LABELS = {"train_losses": "student (nnU-Net train_losses)", "val_losses": "student on CT",
+          "mean_fg_dice": "student on CT", "cmedl_teacher_pseudo_dice_pmri": "teacher on pMRI",
+          "cmedl_teacher_val_loss": "teacher on pMRI"}
+
+
+def save_figure(fig, filename: str) -> None:
+    tmp = atomic_temp_path(filename)
+    fig.savefig(tmp, dpi=80)
+    plt.close(fig)
+    replace_path(tmp, filename)
+
+
+def plot_cmedl_progress(logs: dict, epoch: int, filename: str) -> None:
+    """One panel per loss group, epochs 0..epoch (values logged so far), written next to nnU-Net's progress.png."""
+    fig, axes = plt.subplots(2, 3, figsize=(18, 9))
+    for ax, (title, keys) in zip(axes.flat, PANELS):
+        for key in keys:
+            values = logs.get(key, [])[:epoch + 1]
+            if values:
+                ax.plot(range(len(values)), values, marker="o" if len(values) < 20 else None,
+                        label=LABELS.get(key, key.replace("cmedl_", "")))
+        ax.set_title(title)
+        ax.set_xlabel("epoch")
+        ax.legend(fontsize=8)
+        ax.grid(alpha=0.3)
+    fig.suptitle(f"CMEDL training losses (epoch {epoch})")
+    fig.tight_layout()
+    save_figure(fig, filename)
+
+
+def snapshot_arrays(ct, pseudo_mri, mri, target) -> dict:
+    """First sample of the batch as numpy (first channel; highest-resolution target)."""
+    label = target[0] if isinstance(target, list) else target
+    return {name: t[0, 0].detach().float().cpu().numpy()
+            for name, t in (("CT", ct), ("pseudo-MRI", pseudo_mri), ("MRI (unpaired)", mri), ("label", label))}
+
+
+def largest_label_slice(label: np.ndarray) -> int:
+    if label.ndim == 2:
+        return 0
+    areas = (label > 0).reshape(label.shape[0], -1).sum(1)
+    return int(np.argmax(areas)) if areas.max() > 0 else label.shape[0] // 2
+
+
+def save_snapshot(arrays: dict, filename: str) -> None:
+    os.makedirs(os.path.dirname(filename), exist_ok=True)
+    z = largest_label_slice(arrays["label"])
+    fig, axes = plt.subplots(1, len(arrays), figsize=(4 * len(arrays), 4))
+    for ax, (name, a) in zip(axes, arrays.items()):
+        img = a if a.ndim == 2 else a[z]
+        ax.imshow(img, cmap="viridis" if name == "label" else "gray",
+                  **({} if name == "label" else dict(vmin=np.percentile(img, 1), vmax=np.percentile(img, 99))))
+        if name in ("CT", "pseudo-MRI") and (arrays["label"] > 0).any():
+            lab = arrays["label"] if arrays["label"].ndim == 2 else arrays["label"][z]
+            if (lab > 0).any() and not math.isnan(float(lab.max())):
+                ax.contour(lab > 0, levels=[0.5], colors="r", linewidths=1)
+        ax.set_title(name)
+        ax.axis("off")
+    fig.suptitle("CT patch, its pseudo-MRI (red: label), an unpaired MRI patch, the label" +
+                 ("" if arrays["label"].ndim == 2 else f" (slice {z})"))
+    fig.tight_layout()
+    save_figure(fig, filename)

@@ -1,0 +1,100 @@
+"""Short variants of nnUNetTrainerCMEDL, named like nnU-Net's own (each changes one thing).
+
+Budget variants exist for plain nnU-Net too, so that a comparison gives both methods the same budget.
+"""
+import torch
+
+from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
+
+from nnunet_cmedl.training.nnUNetTrainerCMEDL import nnUNetTrainerCMEDL
+
+
+class nnUNetTrainerCMEDL_5epochs(nnUNetTrainerCMEDL):
+    def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
+                 device: torch.device = torch.device('cuda')):
+        super().__init__(plans, configuration, fold, dataset_json, device)
+        self.num_epochs = 5
+
+
+class nnUNetTrainerCMEDL_hintBothWays(nnUNetTrainerCMEDL):
+    """The hint also moves the teacher toward the student (the paper's default keeps the teacher detached)."""
+
+    def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
+                 device: torch.device = torch.device('cuda')):
+        super().__init__(plans, configuration, fold, dataset_json, device)
+        self.hint_detach_teacher = False
+
+
+class nnUNetTrainerCMEDL_noHint(nnUNetTrainerCMEDL):
+    """Ablation: everything trained as in CMEDL, but no distillation into the student."""
+
+    def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
+                 device: torch.device = torch.device('cuda')):
+        super().__init__(plans, configuration, fold, dataset_json, device)
+        self.lambda_hint = 0.0
+
+
+class TinyCMEDLMixin:
+    """Small I2I networks and a handful of iterations: CPU tests and smoke runs."""
+
+    def make_tiny(self):
+        self.num_epochs = 2
+        self.num_iterations_per_epoch = 2
+        self.num_val_iterations_per_epoch = 1
+        self.generator_features = 4
+        self.generator_res_blocks = 1
+        self.discriminator_features = 4
+        self.discriminator_layers = 2
+        self.image_pool_size = 4
+        self.save_snapshot_every = 1
+        self.save_every = 1
+
+
+class nnUNetTrainerCMEDL_tinyCPU(TinyCMEDLMixin, nnUNetTrainerCMEDL):
+    """For tests: 2 epochs of 2 iterations with tiny I2I networks. Pair it with a small configuration in the plans
+    (``nnunet_cmedl add-small-config``) so that the segmentation networks are small too."""
+
+    def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
+                 device: torch.device = torch.device('cuda')):
+        super().__init__(plans, configuration, fold, dataset_json, device)
+        self.make_tiny()
+
+
+class nnUNetTrainer_tinyCPU(nnUNetTrainer):
+    """Plain nnU-Net with the budget of nnUNetTrainerCMEDL_tinyCPU."""
+
+    def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
+                 device: torch.device = torch.device('cuda')):
+        super().__init__(plans, configuration, fold, dataset_json, device)
+        self.num_epochs, self.num_iterations_per_epoch, self.num_val_iterations_per_epoch = 2, 2, 1
+
+
+class CPUBudgetMixin:
+    """The budget of the README's demo and the CPU benchmark: the same for plain nnU-Net and CMEDL."""
+    budget_epochs = 10
+    budget_iterations_per_epoch = 25
+    budget_val_iterations_per_epoch = 4
+
+    def apply_budget(self):
+        self.num_epochs = self.budget_epochs
+        self.num_iterations_per_epoch = self.budget_iterations_per_epoch
+        self.num_val_iterations_per_epoch = self.budget_val_iterations_per_epoch
+        self.save_every = 5
+
+
+class nnUNetTrainerCMEDL_cpuBudget(CPUBudgetMixin, nnUNetTrainerCMEDL):
+    def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
+                 device: torch.device = torch.device('cuda')):
+        super().__init__(plans, configuration, fold, dataset_json, device)
+        self.apply_budget()
+        self.generator_features = 16  # the CPU budget cannot afford CycleGAN-sized generators
+        self.generator_res_blocks = 3
+        self.discriminator_features = 32
+        self.save_snapshot_every = 2
+
+
+class nnUNetTrainer_cpuBudget(CPUBudgetMixin, nnUNetTrainer):
+    def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
+                 device: torch.device = torch.device('cuda')):
+        super().__init__(plans, configuration, fold, dataset_json, device)
+        self.apply_budget()
