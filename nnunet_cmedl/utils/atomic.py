@@ -23,6 +23,7 @@ def atomic_directory(final_path, overwrite: bool = False):
     refuse_existing(final_path, overwrite)
     final_path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{final_path.name}.tmp-", dir=final_path.parent))
+    os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp makes it private (0700); the final folder gets normal permissions
     try:
         yield tmp
     except BaseException:
@@ -45,6 +46,12 @@ def atomic_file(final_path, overwrite: bool = True, mode: str = "w"):
         os.unlink(tmp)
         raise
     os.replace(tmp, final_path)
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def atomic_temp_path(final_path) -> str:
