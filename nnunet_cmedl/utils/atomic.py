@@ -39,6 +39,7 @@ def atomic_file(final_path, overwrite: bool = True, mode: str = "w"):
     refuse_existing(final_path, overwrite)
     final_path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{final_path.name}.tmp-", dir=final_path.parent)
+    os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes it private (0600)
     try:
         with os.fdopen(fd, mode) as f:
             yield f

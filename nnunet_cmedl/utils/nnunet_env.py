@@ -37,5 +37,5 @@ def find_dataset_name(dataset: str) -> str:
     try:
         return maybe_convert_to_dataset_name(dataset)
     except RuntimeError as e:
-        raise UserInputError(f"dataset {dataset}: not found in nnUNet_raw/nnUNet_preprocessed/nnUNet_results "
-                             f"({str(e).splitlines()[0]})") from None
+        raise UserInputError(f"dataset {dataset}: not found in nnUNet_raw, nnUNet_preprocessed or nnUNet_results "
+                             f"(check the id and those environment variables)") from None

@@ -1,0 +1,229 @@
+"""Finding the MRI files of an input folder and checking each one before anything is written.
+
+Kept light on imports (numpy, SimpleITK, nibabel): the checks run in spawned worker processes, which import this
+module only.
+
+Axis order: shapes and spacings of sources are given in array order as SimpleITK reads them, i.e. (z, y, x) for a
+3D volume; this is the order nnU-Net's SimpleITKIO uses before ``transpose_forward``.
+"""
+import gzip
+import os
+import re
+import zlib
+
+import numpy as np
+
+from nnunet_cmedl.errors import UserInputError
+
+# longest first, matched case-insensitively
+IMAGE_ENDINGS = (".nii.gz", ".gipl.gz", ".nii", ".mha", ".mhd", ".nrrd", ".nhdr", ".gipl", ".hdr", ".vtk", ".mnc")
+_NIFTI_ENDINGS = (".nii.gz", ".nii")
+
+
+def image_ending(filename: str):
+    low = filename.lower()
+    for e in IMAGE_ENDINGS:
+        if low.endswith(e) and len(filename) > len(e):
+            return e
+    return None
+
+
+def discover_mri_files(folder: str):
+    """``({case: absolute path}, [ignored file names])`` of an MRI folder; UserInputError if there is nothing to use.
+
+    Case names are the file names without their image ending. Hidden files and subfolders are ignored."""
+    if not os.path.exists(folder):
+        raise UserInputError(f"{folder}: MRI folder does not exist")
+    if not os.path.isdir(folder):
+        raise UserInputError(f"{folder}: is not a folder (-i takes a folder of MRI volumes)")
+    try:
+        names = sorted(os.listdir(folder))
+    except OSError as e:
+        raise UserInputError(f"{folder}: cannot list the MRI folder ({e.strerror})") from None
+    cases, ignored = {}, []
+    for n in names:
+        path = os.path.join(folder, n)
+        if n.startswith(".") or not os.path.isfile(path):
+            continue
+        e = image_ending(n)
+        if e is None:
+            ignored.append(n)
+            continue
+        case = n[:-len(e)]
+        if case in cases:
+            raise UserInputError(f"{os.path.join(folder, n)}: gives the same case name {case!r} as "
+                                 f"{cases[case]}; keep only one of the two files")
+        cases[case] = os.path.abspath(path)
+    if not cases:
+        what = f"; it holds only {', '.join(ignored[:5])}{' ...' if len(ignored) > 5 else ''}" if ignored else \
+            " (it is empty)"
+        raise UserInputError(f"{folder}: no MRI image files ({', '.join(IMAGE_ENDINGS)}){what}")
+    return cases, ignored
+
+
+def _itk_message(e: Exception) -> str:
+    lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
+    picked = [ln for ln in lines if "ERROR" in ln]
+    msg = picked[0] if picked else (lines[-1] if lines else type(e).__name__)
+    msg = re.sub(r"^.*?ERROR:\s*", "", msg)
+    msg = re.sub(r"\(0x[0-9a-fA-F]+\)", "", msg)
+    if lines and lines[-1] not in msg and lines[-1] != msg and "ERROR" not in lines[-1]:
+        msg += " / " + lines[-1]
+    return " ".join(msg.split())[:300]
+
+
+def _gzip_length(path: str) -> int:
+    """Length of the decompressed stream; raises on a truncated or corrupt gzip file (CRC included)."""
+    n = 0
+    with gzip.open(path, "rb") as f:
+        while True:
+            b = f.read(1 << 22)
+            if not b:
+                return n
+            n += len(b)
+
+
+def _nonfinite_message(n_nan: int, n_inf: int) -> str:
+    return (f"contains {n_nan + n_inf} non-finite voxels ({n_nan} NaN, {n_inf} Inf); replace them (e.g. by 0) "
+            f"before preprocessing")
+
+
+def _check_file_contents(path: str):
+    """An error message for what ITK does not report, else None.
+
+    ITK's NIfTI reader (SimpleITK, hence nnU-Net's SimpleITKIO) reads a truncated .nii / .nii.gz without complaint,
+    filling the missing voxels with zeros, and silently turns NaN and Inf voxels into 0. So gzip streams are checked
+    to the end, and NIfTI files against their header and, for float data, for non-finite values (with nibabel)."""
+    low = path.lower()
+    with open(path, "rb") as f:
+        magic = f.read(2)
+    is_gz = magic == b"\x1f\x8b"
+    payload = None
+    if is_gz:
+        try:
+            payload = _gzip_length(path)
+        except (EOFError, OSError, zlib.error) as e:
+            return f"truncated or corrupt gzip data ({e})"
+    if low.endswith(_NIFTI_ENDINGS):
+        try:
+            import nibabel
+            img = nibabel.load(path)
+            hdr = img.header
+            expected = int(hdr.get_data_offset()) + int(np.prod(hdr.get_data_shape(), dtype=np.int64)) * \
+                int(hdr.get_data_dtype().itemsize)
+        except Exception:  # nibabel cannot parse it: ITK's verdict decides
+            return None
+        actual = payload if is_gz else os.path.getsize(path)
+        if actual < expected:
+            return f"truncated: the NIfTI header announces {expected} bytes, the file holds {actual}"
+        slope, inter = hdr.get_slope_inter()
+        if np.issubdtype(hdr.get_data_dtype(), np.floating) or \
+                any(v is not None and not np.isfinite(v) for v in (slope, inter)):
+            a = np.asanyarray(img.dataobj)
+            if np.issubdtype(a.dtype, np.floating):
+                n_nan = int(np.count_nonzero(np.isnan(a)))
+                n_inf = int(np.count_nonzero(np.isinf(a)))
+                if n_nan or n_inf:
+                    return _nonfinite_message(n_nan, n_inf)
+    return None
+
+
+def _stats(a: np.ndarray) -> dict:
+    a = a.astype(np.float64, copy=False)
+    p = np.percentile(a, [0.5, 99.5])
+    return {"mean": float(a.mean()), "sd": float(a.std()), "percentile_00_5": float(p[0]),
+            "percentile_99_5": float(p[1]), "min": float(a.min()), "max": float(a.max())}
+
+
+def check_mri_file(path: str, allow_2d: bool):
+    """``(info, None)`` for a usable MRI volume, ``(None, message)`` otherwise (the message names the file).
+
+    info: source_file, source_size, source_mtime_ns, source_shape, source_spacing (array order), dimension,
+    pixel_type, intensity_before (mean, sd, percentile_00_5, percentile_99_5, min, max over the whole image)."""
+    import SimpleITK as sitk
+    sitk.ProcessObject.SetGlobalWarningDisplay(False)
+
+    def bad(what):
+        return None, f"{path}: {what}"
+
+    try:
+        st = os.stat(path)
+    except OSError as e:
+        return bad(f"cannot be read ({e.strerror})")
+    reader = sitk.ImageFileReader()
+    reader.SetFileName(path)
+    try:
+        reader.ReadImageInformation()
+    except RuntimeError as e:
+        return bad(f"cannot be read as an image ({_itk_message(e)})")
+    dim = reader.GetDimension()
+    size = list(reader.GetSize())
+    shape = size[::-1]
+    ncomp = reader.GetNumberOfComponents()
+    if ncomp != 1:
+        return bad(f"has {ncomp} values per voxel (a vector or colour image); expected a scalar MRI volume")
+    if dim == 4 and size[3] == 1:
+        pass  # one volume in a 4D file: nnU-Net's SimpleITKIO reads it as one channel
+    elif dim >= 4:
+        return bad(f"is a {dim}D image of shape {shape}; expected one 3D MRI volume per file "
+                   f"(split the series into one file per volume)")
+    elif dim == 2 and not allow_2d:
+        return bad(f"is a 2D image of shape {shape}; this configuration needs 3D MRI volumes")
+    elif dim < 2:
+        return bad(f"is a {dim}D image; expected a 3D MRI volume")
+    if any(s < 1 for s in size):
+        return bad(f"has an empty shape {shape}")
+    spacing = list(reader.GetSpacing())
+    if not all(np.isfinite(s) and s > 0 for s in spacing):
+        return bad(f"has an invalid voxel spacing {spacing}")
+    problem = _check_file_contents(path)
+    if problem:
+        return bad(problem)
+    try:
+        img = reader.Execute()
+    except RuntimeError as e:
+        return bad(f"cannot be read as an image ({_itk_message(e)})")
+    a = sitk.GetArrayViewFromImage(img)
+    if np.issubdtype(a.dtype, np.floating):
+        n_bad = int(a.size - np.count_nonzero(np.isfinite(a)))
+        if n_bad:
+            n_nan = int(np.count_nonzero(np.isnan(a)))
+            return bad(_nonfinite_message(n_nan, n_bad - n_nan))
+    lo, hi = a.min(), a.max()
+    if lo == hi:
+        return bad(f"is constant (every voxel is {float(lo):g}); per-image z-score normalisation needs contrast")
+    nz = a != 0
+    bbox = []
+    for i in range(a.ndim):
+        idx = np.flatnonzero(np.any(nz, axis=tuple(j for j in range(a.ndim) if j != i)))
+        bbox.append(slice(int(idx[0]), int(idx[-1]) + 1))
+    cropped = a[tuple(bbox)]
+    if np.all(cropped == cropped.flat[0]):
+        return bad("is constant inside its nonzero region (what nnU-Net crops to before normalising); "
+                   "per-image z-score normalisation needs contrast")
+    sp = spacing[::-1]
+    if dim == 4:
+        shape, sp = shape[1:], sp[1:]
+    info = {
+        "source_file": path,
+        "source_size": int(st.st_size),
+        "source_mtime_ns": int(st.st_mtime_ns),
+        "source_shape": [int(s) for s in shape],
+        "source_spacing": [float(s) for s in sp],
+        "dimension": int(dim),
+        "pixel_type": img.GetPixelIDTypeAsString(),
+        "intensity_before": _stats(np.asarray(a)),
+    }
+    return info, None
+
+
+def check_mri_file_task(args):
+    """Pool entry point (module level, so spawned workers can unpickle it)."""
+    case, path, allow_2d = args
+    try:
+        info, err = check_mri_file(path, allow_2d)
+    except MemoryError:
+        info, err = None, f"{path}: too large to read into memory"
+    except Exception as e:  # noqa: BLE001 - anything unexpected still names the file
+        info, err = None, f"{path}: cannot be checked ({type(e).__name__}: {' '.join(str(e).split())[:200]})"
+    return case, info, err

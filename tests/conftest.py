@@ -1,0 +1,61 @@
+"""Shared fixtures: a tiny synthetic dataset, planned and preprocessed by nnU-Net, with small configurations and
+the unpaired MRI prepared for them. Built once per test session (about a minute on 2 CPU cores)."""
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
+DATASET_ID = 990
+SMALL_3D = "3d_tiny"
+SMALL_2D = "2d_tiny"
+
+
+def nnunet_env(root: Path, **extra) -> dict:
+    """Environment for subprocesses: nnU-Net's folders, our trainer folder, CPU-friendly settings."""
+    from nnunet_cmedl.env import ext_trainer_value
+    env = dict(os.environ)
+    env.update(nnUNet_raw=str(root / "nnUNet_raw"), nnUNet_preprocessed=str(root / "nnUNet_preprocessed"),
+               nnUNet_results=str(root / "nnUNet_results"), nnUNet_n_proc_DA="0", nnUNet_def_n_proc="1",
+               nnUNet_compile="false", nnUNet_extTrainer=ext_trainer_value(os.environ.get("nnUNet_extTrainer")),
+               OMP_NUM_THREADS="2", PYTHONPATH=str(REPO))
+    env.update(extra)
+    return env
+
+
+def run(cmd, env, timeout=900, check=True) -> subprocess.CompletedProcess:
+    r = subprocess.run([str(c) for c in cmd], env=env, capture_output=True, text=True, timeout=timeout)
+    if check and r.returncode != 0:
+        raise AssertionError(f"{' '.join(map(str, cmd))} failed ({r.returncode}):\n{r.stdout[-4000:]}\n"
+                             f"{r.stderr[-4000:]}")
+    return r
+
+
+def cli(*args) -> list:
+    return [sys.executable, "-m", "nnunet_cmedl.cli", *args]
+
+
+@pytest.fixture(scope="session")
+def planned_dataset(tmp_path_factory):
+    """Dict with 'root', 'env', 'dataset_id', 'dataset_name', 'raw_folder' of a tiny planned synthetic dataset."""
+    from nnunet_cmedl.synthetic.dataset import make_synthetic_dataset
+
+    root = tmp_path_factory.mktemp("nnunet")
+    env = nnunet_env(root)
+    paths = make_synthetic_dataset(root / "nnUNet_raw", dataset_id=DATASET_ID, dataset_name="TinyThorax",
+                                   num_train=5, num_test=2, num_mri=3, ct_shape=(16, 48, 64), seed=1,
+                                   preview=False, show_progress=False)
+    # nnU-Net's planner calls torch.set_num_threads(nnUNet_n_proc_DA), which fails on 0
+    run([BIN / "nnUNetv2_plan_and_preprocess", "-d", DATASET_ID, "-c", "3d_fullres", "2d", "-np", "1"],
+        dict(env, nnUNet_n_proc_DA="1"))
+    run(cli("add-small-config", "-d", DATASET_ID, "--parent", "3d_fullres", "--name", SMALL_3D,
+            "--patch-size", "8", "32", "32", "--batch-size", "2", "--max-features", "16"), env)
+    run(cli("add-small-config", "-d", DATASET_ID, "--parent", "2d", "--name", SMALL_2D,
+            "--patch-size", "32", "32", "--batch-size", "2", "--max-features", "16"), env)
+    for config in ("3d_fullres", "2d"):
+        run(cli("preprocess-mri", "-d", DATASET_ID, "-c", config, "-i", paths.mri_folder, "-np", "1"), env)
+    return {"root": root, "env": env, "dataset_id": DATASET_ID, "dataset_name": paths.dataset_folder.name,
+            "raw_folder": paths.dataset_folder}

@@ -1,0 +1,268 @@
+"""nnUNetTrainerCMEDL: stock-CLI discovery, train / predict / resume, checkpoints, and where gradients go."""
+import itertools
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+import torch
+
+from conftest import BIN, SMALL_2D, SMALL_3D, cli, run
+
+TINY = "nnUNetTrainerCMEDL_tinyCPU"
+
+
+# ---------------------------------------------------------------- discovery
+def test_env_command_prints_export_line_and_keeps_existing_value(tmp_path):
+    from nnunet_cmedl.env import ext_trainer_folder
+    env = {"PATH": "/usr/bin:/bin", "nnUNet_extTrainer": "/some/other/trainers"}
+    r = subprocess.run(cli("env"), env=env, capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    line = r.stdout.strip()
+    assert line.startswith("export nnUNet_extTrainer=")
+    assert ext_trainer_folder() in line and "/some/other/trainers" in line
+    r = subprocess.run(cli("env", "--check"), env={"PATH": "/usr/bin:/bin"}, capture_output=True, text=True)
+    assert r.returncode == 1 and "nnUNet_extTrainer" in r.stdout
+
+
+def test_stock_lookup_returns_the_installed_class_which_pickles(planned_dataset):
+    code = ("import pickle; from nnunetv2.utilities.find_objects import recursive_find_trainer_class_by_name as f\n"
+            f"c = f('{TINY}'); import nnunet_cmedl.training.variants as v\n"
+            "assert c is v.nnUNetTrainerCMEDL_tinyCPU, (c.__module__, c)\n"
+            "assert pickle.loads(pickle.dumps(c)) is c\n"
+            "print('MODULE', c.__module__)")
+    r = run([sys.executable, "-c", code], planned_dataset["env"])
+    assert "MODULE nnunet_cmedl.training.variants" in r.stdout
+
+
+def test_lookup_fails_clearly_without_the_variable(planned_dataset):
+    env = dict(planned_dataset["env"])
+    env.pop("nnUNet_extTrainer")
+    r = run([BIN / "nnUNetv2_train", planned_dataset["dataset_id"], SMALL_2D, "0", "-tr", TINY, "-device", "cpu"],
+            env, check=False)
+    assert r.returncode != 0 and "nnUNet_extTrainer" in (r.stdout + r.stderr)
+
+
+# ---------------------------------------------------------------- the stock CLI, end to end
+@pytest.fixture(scope="module")
+def trained_3d(planned_dataset):
+    env = planned_dataset["env"]
+    r = run([BIN / "nnUNetv2_train", planned_dataset["dataset_id"], SMALL_3D, "0", "-tr", TINY, "-device", "cpu"],
+            env)
+    fold = Path(env["nnUNet_results"]) / planned_dataset["dataset_name"] / f"{TINY}__nnUNetPlans__{SMALL_3D}" / "fold_0"
+    return {"fold": fold, "stdout": r.stdout, **planned_dataset}
+
+
+def test_stock_train_uses_our_trainer_and_writes_every_output(trained_3d):
+    fold = trained_3d["fold"]
+    assert f"Using trainer '{TINY}' from" in trained_3d["stdout"]
+    for name in ("checkpoint_final.pth", "checkpoint_best.pth", "progress.png", "progress_cmedl.png",
+                 "validation/summary.json"):
+        assert (fold / name).is_file(), name
+    assert sorted(p.name for p in (fold / "cmedl_snapshots").glob("*.png")) == ["epoch_0000.png", "epoch_0001.png"]
+    # the results folder's plans carry the small configuration, so prediction uses the trained patch size
+    plans = json.loads((fold.parent / "plans.json").read_text())
+    assert plans["configurations"][SMALL_3D]["patch_size"] == [8, 32, 32]
+
+
+def test_checkpoint_keys_and_every_loss_logged_finite(trained_3d):
+    ckpt = torch.load(trained_3d["fold"] / "checkpoint_final.pth", map_location="cpu", weights_only=False)
+    stock = {"network_weights", "optimizer_state", "grad_scaler_state", "logging", "_best_ema", "current_epoch",
+             "init_args", "trainer_name", "inference_allowed_mirroring_axes"}
+    extra = {"cmedl_teacher_weights", "cmedl_i2i_weights", "cmedl_i2i_kwargs", "cmedl_optimizer_states",
+             "cmedl_lr_scheduler_states", "cmedl_grad_scaler_states", "cmedl_image_pools"}
+    assert stock | extra == set(ckpt)
+    assert ckpt["trainer_name"] == TINY
+    assert set(ckpt["cmedl_optimizer_states"]) == {"teacher", "generators", "discriminators"}
+    assert any(k.startswith("ct_to_mri.") for k in ckpt["cmedl_i2i_weights"])
+    logs = ckpt["logging"]
+    from nnunet_cmedl.training.nnUNetTrainerCMEDL import TRAIN_LOSS_NAMES, VAL_LOG_NAMES
+    for name in TRAIN_LOSS_NAMES + VAL_LOG_NAMES:
+        values = logs["cmedl_" + name]
+        assert len(values) == 2 and np.all(np.isfinite(values)), (name, values)
+
+
+def test_student_weights_load_strictly_into_a_stock_nnunet_network(trained_3d):
+    from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
+    from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
+    ckpt = torch.load(trained_3d["fold"] / "checkpoint_final.pth", map_location="cpu", weights_only=False)
+    pm = PlansManager(json.loads((trained_3d["fold"].parent / "plans.json").read_text()))
+    cm = pm.get_configuration(SMALL_3D)
+    net = nnUNetTrainer.build_network_architecture(pm, cm, 1, 2, False)
+    net.load_state_dict(ckpt["network_weights"], strict=True)
+    teacher = nnUNetTrainer.build_network_architecture(pm, cm, 1, 2, False)
+    teacher.load_state_dict(ckpt["cmedl_teacher_weights"], strict=True)
+    assert not torch.equal(next(iter(net.state_dict().values())), next(iter(teacher.state_dict().values())))
+
+
+def test_stock_predict_with_the_student(trained_3d, tmp_path):
+    env, raw = trained_3d["env"], trained_3d["raw_folder"]
+    out = tmp_path / "pred"
+    run([BIN / "nnUNetv2_predict", "-i", raw / "imagesTs", "-o", out, "-d", trained_3d["dataset_id"], "-c", SMALL_3D,
+         "-f", "0", "-tr", TINY, "--disable_tta", "-device", "cpu", "-npp", "1", "-nps", "1"], env)
+    inputs = sorted((raw / "imagesTs").glob("*_0000.nii.gz"))
+    preds = sorted(out.glob("*.nii.gz"))
+    assert [p.name for p in preds] == [i.name.replace("_0000", "") for i in inputs]
+    for i, p in zip(inputs, preds):
+        a, b = sitk.ReadImage(str(i)), sitk.ReadImage(str(p))
+        assert a.GetSize() == b.GetSize() and np.allclose(a.GetSpacing(), b.GetSpacing())
+        assert set(np.unique(sitk.GetArrayFromImage(b))) <= {0, 1}
+
+
+def test_stock_continue_and_val_flags(trained_3d):
+    env, did = trained_3d["env"], trained_3d["dataset_id"]
+    r = run([BIN / "nnUNetv2_train", did, SMALL_3D, "0", "-tr", TINY, "-device", "cpu", "--c"], env)
+    assert "Mean Validation Dice" in r.stdout
+    r = run([BIN / "nnUNetv2_train", did, SMALL_3D, "0", "-tr", TINY, "-device", "cpu", "--val"], env)
+    assert "Mean Validation Dice" in r.stdout
+
+
+def test_missing_mri_names_the_command_to_run(planned_dataset, tmp_path):
+    """A configuration whose data identifier has no prepared MRI: the error says how to prepare it."""
+    env = planned_dataset["env"]
+    pre = Path(env["nnUNet_preprocessed"]) / planned_dataset["dataset_name"]
+    plans = json.loads((pre / "nnUNetPlans.json").read_text())
+    plans["plans_name"] = "nnUNetPlansNoMRI"
+    (pre / "nnUNetPlansNoMRI.json").write_text(json.dumps(plans))
+    # its data identifier is new: link the CT data so that only the MRI is missing
+    ident = plans["configurations"]["2d"]["data_identifier"]
+    plans["configurations"]["2d"]["data_identifier"] = ident + "_nomri"
+    (pre / "nnUNetPlansNoMRI.json").write_text(json.dumps(plans))
+    (pre / (ident + "_nomri")).symlink_to(pre / ident)
+    r = run([BIN / "nnUNetv2_train", planned_dataset["dataset_id"], SMALL_2D, "0", "-tr", TINY, "-device", "cpu",
+             "-p", "nnUNetPlansNoMRI"], env, check=False)
+    assert r.returncode != 0
+    assert "nnunet_cmedl preprocess-mri" in (r.stdout + r.stderr)
+
+
+# ---------------------------------------------------------------- in-process: resume and gradients
+def make_trainer(planned, cls, configuration, monkeypatch):
+    for k in ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results", "nnUNet_n_proc_DA"):
+        monkeypatch.setenv(k, planned["env"][k])
+    pre = Path(planned["env"]["nnUNet_preprocessed"]) / planned["dataset_name"]
+    plans = json.loads((pre / "nnUNetPlans.json").read_text())
+    plans["continue_training"] = False
+    return cls(plans, configuration, 0, json.loads((pre / "dataset.json").read_text()), device=torch.device("cpu"))
+
+
+def all_tensors(trainer) -> dict:
+    """Every weight and optimizer state of every CMEDL part, flattened."""
+    out = {}
+    for name, sd in (("student", trainer.network.state_dict()), ("teacher", trainer.teacher.state_dict()),
+                     ("i2i", trainer.i2i.state_dict())):
+        out.update({f"{name}.{k}": v for k, v in sd.items()})
+    for name, opt in {"student": trainer.optimizer, **trainer._cmedl_optimizers()}.items():
+        for pid, st in opt.state_dict()["state"].items():
+            out.update({f"opt.{name}.{pid}.{k}": v for k, v in st.items() if torch.is_tensor(v)})
+    return out
+
+
+def test_load_checkpoint_restores_every_part_exactly(planned_dataset, monkeypatch):
+    from nnunet_cmedl.training import nnUNetTrainerCMEDL_tinyCPU
+    a = make_trainer(planned_dataset, nnUNetTrainerCMEDL_tinyCPU, SMALL_2D, monkeypatch)
+    a.run_training()
+    final = Path(a.output_folder) / "checkpoint_final.pth"
+    torch.manual_seed(123)  # b starts from other weights
+    b = make_trainer(planned_dataset, nnUNetTrainerCMEDL_tinyCPU, SMALL_2D, monkeypatch)
+    b.load_checkpoint(str(final))
+    ta, tb = all_tensors(a), all_tensors(b)
+    assert ta.keys() == tb.keys() and len(ta) > 100
+    assert all(torch.equal(ta[k], tb[k].to(ta[k].device)) for k in ta)
+    assert b.current_epoch == a.num_epochs
+    assert len(b.pool_pseudo_mri.images) == len(a.pool_pseudo_mri.images) > 0
+    assert b.lr_scheduler_generators.state_dict() == a.lr_scheduler_generators.state_dict()
+    # a dict works too (nnU-Net 2.8.1's own load_checkpoint fails on one)
+    c = make_trainer(planned_dataset, nnUNetTrainerCMEDL_tinyCPU, SMALL_2D, monkeypatch)
+    c.load_checkpoint(torch.load(final, map_location="cpu", weights_only=False))
+    assert all(torch.equal(ta[k], v) for k, v in all_tensors(c).items())
+
+
+@pytest.fixture
+def started_trainer(planned_dataset, monkeypatch, request):
+    from nnunet_cmedl import training
+    trainer = make_trainer(planned_dataset, getattr(training, request.param), SMALL_2D, monkeypatch)
+    trainer.on_train_start()
+    batch = next(trainer.dataloader_train)
+    mri = next(trainer.dataloader_mri)
+    trainer.dataloader_mri = itertools.repeat(mri)  # the same MRI batch for every step of the test
+    trainer.on_train_epoch_start()
+    yield trainer, batch
+    trainer.on_train_end()
+
+
+def grads(module) -> dict:
+    return {n: (None if p.grad is None else p.grad.detach().clone()) for n, p in module.named_parameters()}
+
+
+@pytest.mark.parametrize("started_trainer", [TINY], indirect=True)
+def test_one_step_every_part_gets_gradients_and_losses_are_finite(started_trainer):
+    trainer, batch = started_trainer
+    out = trainer.train_step(batch)
+    assert set(out) == {"loss", "G_adversarial", "G_cycle", "G_identity", "G_teacher_seg", "D", "teacher_seg",
+                        "student_seg", "hint"}
+    assert all(np.isfinite(v) for v in out.values()), out
+    assert out["hint"] > 0
+    for name, module in (("student", trainer.network), ("teacher", trainer.teacher),
+                         ("ct_to_mri", trainer.i2i.ct_to_mri), ("mri_to_ct", trainer.i2i.mri_to_ct),
+                         ("discriminator_mri", trainer.i2i.discriminator_mri),
+                         ("discriminator_ct", trainer.i2i.discriminator_ct)):
+        g = grads(module)
+        if name in ("student", "teacher"):
+            # nnU-Net gives the lowest-resolution deep-supervision output weight 0: that head never gets gradients
+            # (in plain nnU-Net either); every other parameter must
+            assert all(g.pop(k) is None for k in [k for k in g if k.startswith("decoder.seg_layers.0.")]), name
+        assert all(v is not None and torch.isfinite(v).all() for v in g.values()), name
+        assert sum(float(v.abs().sum()) for v in g.values()) > 0, name
+
+
+@pytest.mark.parametrize("started_trainer", [TINY], indirect=True)
+def test_generator_step_leaves_teacher_and_discriminators_alone(started_trainer):
+    trainer, batch = started_trainer
+    ct, target = trainer._batch_to_device(batch)
+    mri = next(trainer.dataloader_mri)["data"]
+    for m in (trainer.teacher, trainer.i2i):
+        m.zero_grad(set_to_none=True)
+    g = trainer.generator_losses(ct, mri, trainer.i2i.ct_to_mri(ct), target)
+    (g["G_adversarial"] + g["G_cycle"] + g["G_identity"] + g["G_teacher_seg"]).backward()
+    assert all(v is None for v in grads(trainer.teacher).values())
+    assert all(v is None for v in grads(trainer.i2i.discriminators).values())
+    assert all(v is not None for v in grads(trainer.i2i.generators).values())
+
+
+def step_from(trainer, checkpoint, batch, lambda_hint):
+    """One train_step from the state saved in ``checkpoint``; returns the teacher's and student's new weights."""
+    trainer.load_checkpoint(str(checkpoint))
+    trainer.lambda_hint = lambda_hint
+    trainer.train_step(batch)
+    return ({k: v.clone() for k, v in trainer.teacher.state_dict().items()},
+            {k: v.clone() for k, v in trainer.network.state_dict().items()})
+
+
+def weights_equal(a, b) -> bool:
+    return all(torch.equal(a[k], b[k]) for k in a)
+
+
+@pytest.mark.parametrize("started_trainer", [TINY], indirect=True)
+def test_hint_moves_the_student_not_the_teacher(started_trainer, tmp_path):
+    trainer, batch = started_trainer
+    ckpt = tmp_path / "state.pth"
+    trainer.save_checkpoint(str(ckpt))
+    teacher_0, student_0 = step_from(trainer, ckpt, batch, lambda_hint=0.0)
+    teacher_1, student_1 = step_from(trainer, ckpt, batch, lambda_hint=10.0)
+    assert weights_equal(teacher_0, teacher_1)
+    assert not weights_equal(student_0, student_1)
+
+
+@pytest.mark.parametrize("started_trainer", ["nnUNetTrainerCMEDL_hintBothWays"], indirect=True)
+def test_hint_both_ways_variant_moves_the_teacher_too(started_trainer, tmp_path):
+    trainer, batch = started_trainer
+    trainer.num_iterations_per_epoch = 1
+    ckpt = tmp_path / "state.pth"
+    trainer.save_checkpoint(str(ckpt))
+    teacher_0, student_0 = step_from(trainer, ckpt, batch, lambda_hint=0.0)
+    teacher_1, student_1 = step_from(trainer, ckpt, batch, lambda_hint=10.0)
+    assert not weights_equal(teacher_0, teacher_1)
+    assert not weights_equal(student_0, student_1)
