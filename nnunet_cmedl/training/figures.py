@@ -1,5 +1,4 @@
 """Training figures: every CMEDL loss per epoch, and snapshots of CT / pseudo-MRI / real MRI / label."""
-import math
 import os
 
 import matplotlib
@@ -23,6 +22,11 @@ LABELS = {"train_losses": "student (nnU-Net train_losses)", "val_losses": "stude
           "cmedl_teacher_val_loss": "teacher on pMRI"}
 
 
+def clean_style():
+    """nnU-Net's progress plot calls seaborn's set(font_scale=2.5), which changes matplotlib's global style."""
+    return plt.rc_context(matplotlib.rcParamsDefault)
+
+
 def save_figure(fig, filename: str) -> None:
     tmp = atomic_temp_path(filename)
     fig.savefig(tmp, dpi=80)
@@ -32,6 +36,11 @@ def save_figure(fig, filename: str) -> None:
 
 def plot_cmedl_progress(logs: dict, epoch: int, filename: str) -> None:
     """One panel per loss group, epochs 0..epoch (values logged so far), written next to nnU-Net's progress.png."""
+    with clean_style():
+        _plot_cmedl_progress(logs, epoch, filename)
+
+
+def _plot_cmedl_progress(logs: dict, epoch: int, filename: str) -> None:
     fig, axes = plt.subplots(2, 3, figsize=(18, 9))
     for ax, (title, keys) in zip(axes.flat, PANELS):
         for key in keys:
@@ -49,9 +58,10 @@ def plot_cmedl_progress(logs: dict, epoch: int, filename: str) -> None:
 
 
 def snapshot_arrays(ct, pseudo_mri, mri, target) -> dict:
-    """First sample of the batch as numpy (first channel; highest-resolution target)."""
+    """The batch sample with the most foreground, as numpy (first channel; highest-resolution target)."""
     label = target[0] if isinstance(target, list) else target
-    return {name: t[0, 0].detach().float().cpu().numpy()
+    i = int((label > 0).flatten(1).sum(1).argmax())
+    return {name: t[i if name != "MRI (unpaired)" else 0, 0].detach().float().cpu().numpy()
             for name, t in (("CT", ct), ("pseudo-MRI", pseudo_mri), ("MRI (unpaired)", mri), ("label", label))}
 
 
@@ -64,16 +74,20 @@ def largest_label_slice(label: np.ndarray) -> int:
 
 def save_snapshot(arrays: dict, filename: str) -> None:
     os.makedirs(os.path.dirname(filename), exist_ok=True)
+    with clean_style():
+        _save_snapshot(arrays, filename)
+
+
+def _save_snapshot(arrays: dict, filename: str) -> None:
     z = largest_label_slice(arrays["label"])
     fig, axes = plt.subplots(1, len(arrays), figsize=(4 * len(arrays), 4))
     for ax, (name, a) in zip(axes, arrays.items()):
         img = a if a.ndim == 2 else a[z]
         ax.imshow(img, cmap="viridis" if name == "label" else "gray",
                   **({} if name == "label" else dict(vmin=np.percentile(img, 1), vmax=np.percentile(img, 99))))
-        if name in ("CT", "pseudo-MRI") and (arrays["label"] > 0).any():
-            lab = arrays["label"] if arrays["label"].ndim == 2 else arrays["label"][z]
-            if (lab > 0).any() and not math.isnan(float(lab.max())):
-                ax.contour(lab > 0, levels=[0.5], colors="r", linewidths=1)
+        lab = arrays["label"] if arrays["label"].ndim == 2 else arrays["label"][z]
+        if name in ("CT", "pseudo-MRI") and (lab > 0).any():
+            ax.contour(lab > 0, levels=[0.5], colors="r", linewidths=1)
         ax.set_title(name)
         ax.axis("off")
     fig.suptitle("CT patch, its pseudo-MRI (red: label), an unpaired MRI patch, the label" +
