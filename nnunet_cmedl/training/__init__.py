@@ -1,10 +1,12 @@
 """nnU-Net trainers of nnunet-cmedl. ``__all__`` is what the nnUNet_extTrainer folder re-exports."""
 from nnunet_cmedl.training.nnUNetTrainerCMEDL import nnUNetTrainerCMEDL
 from nnunet_cmedl.training.variants import (nnUNetTrainer_cpuBudget, nnUNetTrainer_tinyCPU,
-                                            nnUNetTrainerCMEDL_5epochs, nnUNetTrainerCMEDL_cpuBudget,
-                                            nnUNetTrainerCMEDL_hintBothWays, nnUNetTrainerCMEDL_noHint,
-                                            nnUNetTrainerCMEDL_tinyCPU)
+                                            nnUNetTrainerCMEDL_5epochs, nnUNetTrainerCMEDL_100epochs,
+                                            nnUNetTrainerCMEDL_cpuBudget, nnUNetTrainerCMEDL_hintBothWays,
+                                            nnUNetTrainerCMEDL_noHint, nnUNetTrainerCMEDL_noHint_100epochs,
+                                            nnUNetTrainerCMEDL_noHint_cpuBudget, nnUNetTrainerCMEDL_tinyCPU)
 
-__all__ = ["nnUNetTrainerCMEDL", "nnUNetTrainerCMEDL_5epochs", "nnUNetTrainerCMEDL_hintBothWays",
-           "nnUNetTrainerCMEDL_noHint", "nnUNetTrainerCMEDL_tinyCPU", "nnUNetTrainerCMEDL_cpuBudget",
+__all__ = ["nnUNetTrainerCMEDL", "nnUNetTrainerCMEDL_5epochs", "nnUNetTrainerCMEDL_100epochs",
+           "nnUNetTrainerCMEDL_hintBothWays", "nnUNetTrainerCMEDL_noHint", "nnUNetTrainerCMEDL_noHint_100epochs",
+           "nnUNetTrainerCMEDL_noHint_cpuBudget", "nnUNetTrainerCMEDL_tinyCPU", "nnUNetTrainerCMEDL_cpuBudget",
            "nnUNetTrainer_tinyCPU", "nnUNetTrainer_cpuBudget"]

@@ -98,3 +98,29 @@ class nnUNetTrainer_cpuBudget(CPUBudgetMixin, nnUNetTrainer):
                  device: torch.device = torch.device('cuda')):
         super().__init__(plans, configuration, fold, dataset_json, device)
         self.apply_budget()
+
+
+class nnUNetTrainerCMEDL_noHint_cpuBudget(nnUNetTrainerCMEDL_cpuBudget):
+    """Ablation at the CPU budget: CMEDL without the hint (the student then learns exactly like plain nnU-Net, while
+    the rest of CMEDL trains beside it)."""
+
+    def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
+                 device: torch.device = torch.device('cuda')):
+        super().__init__(plans, configuration, fold, dataset_json, device)
+        self.lambda_hint = 0.0
+
+
+class nnUNetTrainerCMEDL_100epochs(nnUNetTrainerCMEDL):
+    """GPU-sized benchmark budget, like nnU-Net's nnUNetTrainer_100epochs."""
+
+    def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
+                 device: torch.device = torch.device('cuda')):
+        super().__init__(plans, configuration, fold, dataset_json, device)
+        self.num_epochs = 100
+
+
+class nnUNetTrainerCMEDL_noHint_100epochs(nnUNetTrainerCMEDL_100epochs):
+    def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
+                 device: torch.device = torch.device('cuda')):
+        super().__init__(plans, configuration, fold, dataset_json, device)
+        self.lambda_hint = 0.0

@@ -1,0 +1,89 @@
+"""Per-tumour evaluation on the synthetic dataset, split by difficulty (hard = mediastinal, easy = in the lung).
+
+Every synthetic test case holds both kinds of tumour, so per-case metrics mix them. Here each reference tumour is
+the connected component of the reference label that holds the tumour's ``inside_voxel_zyx`` from
+``phantom_metadata.json``; it is scored against the prediction restricted to its neighbourhood (voxels within
+``neighbourhood_mm`` of the tumour), with the same DSC / surface Dice / HD95 as ``nnunet_cmedl evaluate``, plus
+recall (the fraction of the tumour's voxels predicted as tumour).
+"""
+import json
+from pathlib import Path
+from typing import Dict
+
+import numpy as np
+from scipy import ndimage
+
+from nnunet_cmedl.errors import UserInputError
+from nnunet_cmedl.evaluation.compare_cli import paired_wilcoxon
+from nnunet_cmedl.evaluation.metrics import check_geometry, mask_metrics, read_label_image, summarize
+
+PER_TUMOUR_METRICS = ("dsc", "sdsc", "hd95", "recall")
+
+
+def load_metadata(path) -> dict:
+    try:
+        return json.loads(Path(path).read_text())
+    except (OSError, ValueError) as e:
+        raise UserInputError(f"{path}: cannot read the phantom metadata ({e})") from None
+
+
+def tumour_rows(labels_folder, predictions: Dict[str, Path], metadata: dict, tolerance_mm: float = 2.0,
+                neighbourhood_mm: float = 10.0, file_ending: str = ".nii.gz") -> list:
+    """One row per (test tumour, method): case, tumour id, difficulty, method, dsc, sdsc, hd95, recall."""
+    rows = []
+    for case, info in sorted(metadata["ct_cases"].items()):
+        ref_path = Path(labels_folder) / f"{case}{file_ending}"
+        if info.get("split") != "test" or not ref_path.is_file():
+            continue
+        ref, ref_geom = read_label_image(ref_path)
+        spacing = tuple(reversed(ref_geom["spacing"]))  # array axis order
+        components, _ = ndimage.label(ref > 0)
+        preds = {}
+        for method, folder in predictions.items():
+            pred, pred_geom = read_label_image(Path(folder) / f"{case}{file_ending}")
+            check_geometry(ref_geom, pred_geom, ref_path, Path(folder) / f"{case}{file_ending}")
+            preds[method] = pred > 0
+        for tumour in info["tumours"]:
+            component = components[tuple(tumour["inside_voxel_zyx"])]
+            if component == 0:
+                continue  # the tumour's voxel was overwritten by another structure; nothing to score
+            mask = components == component
+            near = ndimage.distance_transform_edt(~mask, sampling=spacing) <= neighbourhood_mm
+            for method, pred in preds.items():
+                m = mask_metrics(mask, pred & near, spacing, tolerance_mm)
+                rows.append({"case": case, "tumour": tumour["id"], "difficulty": tumour["difficulty"],
+                             "location": tumour["location"], "tumour_voxels": int(mask.sum()), "method": method,
+                             "dsc": m["dsc"], "sdsc": m["sdsc"], "hd95": m["hd95"],
+                             "recall": float((pred & mask).sum() / mask.sum())})
+    if not rows:
+        raise UserInputError(f"{labels_folder}: no test tumour of phantom_metadata.json found there")
+    return rows
+
+
+def summarize_by_difficulty(rows: list, baseline: str = None) -> dict:
+    """Per difficulty and method: summaries of every metric; and per method vs ``baseline``: paired Wilcoxon."""
+    methods = list(dict.fromkeys(r["method"] for r in rows))
+    baseline = baseline or methods[0]
+    out = {}
+    for difficulty in ("hard", "easy", "all"):
+        sel = [r for r in rows if difficulty == "all" or r["difficulty"] == difficulty]
+        if not sel:
+            continue
+        by_method = {m: [r for r in sel if r["method"] == m] for m in methods}
+        entry = {"n_tumours": len(by_method[baseline]),
+                 "methods": {m: {k: summarize([r[k] for r in rs]) for k in PER_TUMOUR_METRICS}
+                             for m, rs in by_method.items()},
+                 "tests_vs_" + baseline: {}}
+        for m in methods:
+            if m == baseline:
+                continue
+            tests = {}
+            for k in PER_TUMOUR_METRICS:
+                a = np.array([r[k] for r in by_method[m]], dtype=float)
+                b = np.array([r[k] for r in by_method[baseline]], dtype=float)
+                ok = ~(np.isnan(a) | np.isnan(b))
+                tests[k] = {"mean_difference": float(np.mean(a[ok] - b[ok])) if ok.any() else float("nan"),
+                            **paired_wilcoxon(a[ok], b[ok])}
+            entry["tests_vs_" + baseline][m] = tests
+        out[difficulty] = entry
+    return out
