@@ -1,0 +1,303 @@
+"""Tests of ``nnunet_cmedl report`` (nnunet_cmedl.evaluation.report) on a fake model folder and genuine JSONs.
+
+The evaluation and comparison JSONs come from the real ``nnunet_cmedl evaluate`` / ``compare`` CLIs run on a few
+tiny NIfTI masks; the checkpoint is a torch.save'd dict with the keys nnU-Net and nnUNetTrainerCMEDL write.
+"""
+import ast
+import base64
+import json
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+import torch
+
+from nnunet_cmedl.errors import UserInputError
+from nnunet_cmedl.evaluation import report
+from nnunet_cmedl.evaluation.report import write_report
+from nnunet_cmedl.evaluation.tables import fmt
+
+REPO = Path(__file__).resolve().parents[1]
+TRAINER_SOURCE = REPO / "nnunet_cmedl" / "training" / "nnUNetTrainerCMEDL.py"
+STOCK_KEYS = ("train_losses", "val_losses", "mean_fg_dice", "ema_fg_dice", "lrs")
+PNG_1PX = base64.b64decode("iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mP8z8DwHwAFBQIAX8jx0gAAAAB"
+                           "JRU5ErkJggg==")
+DATA_URI = re.compile(r'<img src="data:image/png;base64,([A-Za-z0-9+/=]+)"')
+
+
+def cmedl_log_keys():
+    """'cmedl_' + TRAIN_LOSS_NAMES + VAL_LOG_NAMES, read from the trainer's source (importing it takes ~15 s)."""
+    names = {}
+    for node in ast.parse(TRAINER_SOURCE.read_text()).body:
+        if isinstance(node, ast.Assign) and isinstance(node.targets[0], ast.Name) and \
+                node.targets[0].id in ("TRAIN_LOSS_NAMES", "VAL_LOG_NAMES"):
+            names[node.targets[0].id] = ast.literal_eval(node.value)
+    assert set(names) == {"TRAIN_LOSS_NAMES", "VAL_LOG_NAMES"}
+    return ["cmedl_" + n for n in names["TRAIN_LOSS_NAMES"] + names["VAL_LOG_NAMES"]]
+
+
+def cli(*args):
+    return subprocess.run([sys.executable, "-m", "nnunet_cmedl.cli", *map(str, args)], capture_output=True, text=True,
+                          timeout=120, cwd=str(REPO))
+
+
+def logging_dict(epochs=3, cmedl=True):
+    rng = np.random.default_rng(0)
+    log = {"train_losses": [-0.1 * i for i in range(epochs)], "val_losses": [-0.05 * i for i in range(epochs)],
+           "mean_fg_dice": [0.2 * i for i in range(epochs)], "ema_fg_dice": [0.1 * i for i in range(epochs)],
+           "dice_per_class_or_region": [[0.2 * i, 0.3 * i] for i in range(epochs)],
+           "lrs": [0.01 * (1 - i / epochs) ** 0.9 for i in range(epochs)],
+           "epoch_start_timestamps": [1.7e9 + 100 * i for i in range(epochs)],
+           "epoch_end_timestamps": [1.7e9 + 100 * i + 90 for i in range(epochs)]}
+    if cmedl:
+        for k in cmedl_log_keys():
+            log[k] = [float(v) for v in rng.uniform(0.1, 2.0, epochs)]
+    return log
+
+
+def make_model_folder(root: Path, cmedl=True, checkpoint="checkpoint_final.pth", extras=True) -> Path:
+    trainer = "nnUNetTrainerCMEDL" if cmedl else "nnUNetTrainer"
+    folder = root / "Dataset990_TinyThorax" / f"{trainer}__nnUNetPlans__3d_fullres"
+    fold = folder / "fold_0"
+    fold.mkdir(parents=True)
+    (folder / "plans.json").write_text(json.dumps({"dataset_name": "Dataset990_TinyThorax", "plans_name": "nnUNetPlans",
+                                                    "configurations": {"3d_fullres": {"patch_size": [8, 32, 32]}}}))
+    (folder / "dataset.json").write_text(json.dumps({"labels": {"background": 0, "tumor": 1, "heart": 2},
+                                                      "file_ending": ".nii.gz", "channel_names": {"0": "CT"},
+                                                      "numTraining": 5}))
+    ckpt = {"network_weights": {"w": torch.zeros(2)}, "logging": logging_dict(3, cmedl), "trainer_name": trainer,
+            "init_args": {"configuration": "3d_fullres", "fold": 0}, "current_epoch": 3}
+    if cmedl:
+        ckpt["cmedl_i2i_kwargs"] = {"generator_features": 32, "num_res_blocks": 6}
+    torch.save(ckpt, fold / checkpoint)
+    if extras:
+        (fold / "progress.png").write_bytes(PNG_1PX)
+        if cmedl:
+            (fold / "progress_cmedl.png").write_bytes(PNG_1PX)
+            (fold / "cmedl_snapshots").mkdir()
+            for e in (0, 10, 2):
+                (fold / "cmedl_snapshots" / f"epoch_{e:04d}.png").write_bytes(PNG_1PX)
+            (fold / "debug.json").write_text(json.dumps({"lambda_cycle": "10.0", "lambda_hint": "1.0",
+                                                         "num_epochs": "3", "unrelated": "x"}))
+    return folder
+
+
+@pytest.fixture(scope="module")
+def genuine_jsons(tmp_path_factory):
+    """Evaluation JSONs of two methods (one with case groups) and their comparison, from the real CLIs."""
+    root = tmp_path_factory.mktemp("evaljson")
+    for d in ("ref", "a", "b"):
+        (root / d).mkdir()
+    for i in range(4):
+        ref = np.zeros((6, 12, 12), np.uint8)
+        ref[2:5, 3:9, 3:9] = 1
+        a = np.zeros_like(ref)
+        a[2:5, 3 + i % 2:9, 3:9] = 1
+        b = np.zeros_like(ref)
+        b[1:5, 2:9 + i % 3, 3:9] = 1
+        if i == 3:
+            b[:] = 0  # empty prediction: HD95 undefined (null in the JSON)
+        for d, arr in (("ref", ref), ("a", a), ("b", b)):
+            img = sitk.GetImageFromArray(arr)
+            img.SetSpacing((1.0, 1.0, 2.0))
+            sitk.WriteImage(img, str(root / d / f"case_{i}.nii.gz"))
+    (root / "groups.json").write_text(json.dumps({"hard": ["case_0", "case_1"], "easy": ["case_2", "case_3"]}))
+    for m in ("a", "b"):
+        r = cli("evaluate", "-ref", root / "ref", "-pred", root / m, "-o", root / f"eval_{m}", "-q",
+                "--case-groups", root / "groups.json")
+        assert r.returncode == 0, r.stderr
+    r = cli("compare", "--pred", f"cmedl={root / 'eval_a.json'}", f"nnunet={root / 'eval_b.json'}",
+            "--case-groups", root / "groups.json", "-o", root / "cmp", "-q")
+    assert r.returncode == 0, r.stderr
+    panels = root / "panels"
+    panels.mkdir()
+    for name in ("case_1.png", "case_0.png"):
+        (panels / name).write_bytes(PNG_1PX)
+    (panels / "index.json").write_text(json.dumps({"case_0.png": "case 0: CT, pMRI, contours",
+                                                   "case_1.png": {"caption": "case 1 & <teacher>"}}))
+    return {"root": root, "eval_a": root / "eval_a.json", "eval_b": root / "eval_b.json", "cmp": root / "cmp.json",
+            "panels": panels}
+
+
+def _images(text):
+    return DATA_URI.findall(text)
+
+
+def test_full_report(tmp_path, genuine_jsons):
+    g = genuine_jsons
+    model = make_model_folder(tmp_path)
+    out = tmp_path / "out" / "report.html"
+    # in-process through main(argv) (a subprocess would import torch and warm matplotlib up once more)
+    assert report.main(["-m", str(model), "-f", "0", "--metrics", str(g["eval_a"]), str(g["eval_b"]),
+                        "--comparison", str(g["cmp"]), "--panels", str(g["panels"]), "--title", "My CMEDL run",
+                        "-o", str(out)]) == 0
+    text = out.read_text(encoding="utf-8")
+
+    # self-contained: no external resource, no script
+    assert 'src="http' not in text and "<script" not in text.lower() and "<link" not in text.lower()
+    assert not re.search(r'(src|href)="(?!data:image/png;base64,|#)', text)
+    imgs = _images(text)
+    assert all(base64.b64decode(d).startswith(b"\x89PNG") for d in imgs)
+    # curves figure + progress.png + progress_cmedl.png + latest snapshot + 2 panels
+    assert len(imgs) == 6 and text.count("<img") == 6
+    assert "epoch_0010.png (the latest of 3 snapshot(s)" in text
+
+    # header
+    for s in ("My CMEDL run", "Dataset990_TinyThorax", "nnUNetTrainerCMEDL", "3d_fullres", "checkpoint_final.pth",
+              "nnUNetPlans", str(model.resolve())):
+        assert s in text, s
+    assert re.search(r"<th>epochs trained</th><td>3 ", text)
+    assert "lambda_cycle" in text and "unrelated" not in text  # hyperparameters from debug.json
+    assert "CMEDL curves are absent" not in text
+
+    # every CMEDL loss and stock curve named, with its last value
+    log = logging_dict(3)
+    for k in cmedl_log_keys() + list(STOCK_KEYS):
+        assert f"<code>{k}</code>" in text, k
+        assert fmt(log[k][-1], 4) in text
+    assert "<code>dice_per_class_or_region[1]</code><td>student: pseudo Dice of label 2 (heart) (val)" in \
+        text.replace("</td>", "")
+
+    # metric tables: aggregates (per label and per group) and per case, as the JSON has them
+    for path in (g["eval_a"], g["eval_b"]):
+        res = json.loads(path.read_text())
+        for k, agg in res["aggregates"].items():
+            for m in ("dsc", "sdsc"):
+                assert f">{fmt(agg[m]['mean'])} ± {fmt(agg[m]['sd'])}<" in text
+                assert f">{fmt(agg[m]['median'])}<" in text
+        for grp, aggs in res["group_aggregates"].items():
+            assert f"<td>{grp}</td>" in text
+            for agg in aggs.values():
+                assert fmt(agg["dsc"]["mean"]) in text
+        for row in res["per_case"]:
+            assert f'title="{float(row["dsc"])!r}">{fmt(row["dsc"])}<' in text
+    res_b = json.loads(g["eval_b"].read_text())
+    assert res_b["aggregates"]["1"]["hd95"]["n_nan"] == 1  # the empty prediction
+    assert "<details><summary>Per case (4 rows)</summary>" in text
+
+    # comparison: p-values, mean differences, better method, notes verbatim
+    cmp = json.loads(g["cmp"].read_text())
+    assert len(cmp["tests"]) == 9
+    for t in cmp["tests"]:
+        assert f'title="{float(t["p_value"])!r}">{fmt(t["p_value"], 4)}<' in text
+        assert f'title="{float(t["mean_diff"])!r}">{fmt(t["mean_diff"])}<' in text
+        assert t["note"]
+        assert f"<td>{report.esc(t['note'])}</td>" in text
+    assert "<h3>cmedl vs nnunet</h3>" in text and "<td>cmedl</td>" in text
+
+    # panels with captions from index.json (escaped), sorted by file name
+    assert "case_0.png: case 0: CT, pMRI, contours" in text
+    assert "case_1.png: case 1 &amp; &lt;teacher&gt;" in text
+    assert text.index("case_0.png:") < text.index("case_1.png:")
+
+    # definitions copied from the metrics JSON, plus the comparison's
+    for k, v in json.loads(g["eval_a"].read_text())["definitions"].items():
+        assert f"<dt>{k}</dt><dd>{report.esc(v)}</dd>" in text
+    assert "<dt>wilcoxon</dt>" in text
+
+
+def test_plain_nnunet_checkpoint_and_missing_optional_inputs(tmp_path):
+    model = make_model_folder(tmp_path, cmedl=False, checkpoint="checkpoint_latest.pth")
+    out = write_report(model, tmp_path / "plain.html", fold="0")
+    text = out.read_text(encoding="utf-8")
+    assert "The CMEDL curves are absent" in text and "not a CMEDL model" in text
+    assert "checkpoint_latest.pth (checkpoint_final.pth is missing" in text
+    assert "<code>cmedl_" not in text
+    for k in STOCK_KEYS:
+        assert f"<code>{k}</code>" in text
+    for s in ("Metrics: not provided", "Comparison: not provided", "Case panels: not provided",
+              "Definitions: not provided", "progress_cmedl.png: not present", "no snapshot PNG"):
+        assert s in text, s
+    assert len(_images(text)) == 2  # curves + progress.png
+
+
+def test_bad_inputs(tmp_path, genuine_jsons):
+    g = genuine_jsons
+    # missing model folder: exit 2 and a one-line message naming it
+    missing = tmp_path / "nope"
+    r = cli("report", "-m", missing, "-o", tmp_path / "r.html")
+    assert r.returncode == 2 and r.stderr.count("\n") == 1 and str(missing) in r.stderr
+    assert not (tmp_path / "r.html").exists()
+
+    model = make_model_folder(tmp_path, extras=False)
+    out = tmp_path / "r.html"
+    with pytest.raises(UserInputError, match="fold_1"):
+        write_report(model, out, fold=1)
+    with pytest.raises(UserInputError, match="--fold"):
+        write_report(model, out, fold="x")
+    bad = tmp_path / "bad.json"
+    bad.write_text("{not json")
+    with pytest.raises(UserInputError, match=re.escape(str(bad))):
+        write_report(model, out, metrics=[bad])
+    with pytest.raises(UserInputError, match="pass it as --comparison"):
+        write_report(model, out, metrics=[g["cmp"]])
+    with pytest.raises(UserInputError, match="pass it as --metrics"):
+        write_report(model, out, comparison=g["eval_a"])
+    other = tmp_path / "other.json"
+    other.write_text(json.dumps({"a": 1}))
+    with pytest.raises(UserInputError, match="not a comparison JSON"):
+        write_report(model, out, comparison=other)
+    with pytest.raises(UserInputError, match="not an evaluation JSON"):
+        write_report(model, out, metrics=[other])
+    with pytest.raises(UserInputError, match="panels folder"):
+        write_report(model, out, panels=tmp_path / "no_panels")
+    assert not out.exists()
+
+    # no checkpoint in the fold; an unloadable checkpoint
+    (model / "fold_0" / "checkpoint_final.pth").unlink()
+    with pytest.raises(UserInputError, match="no checkpoint"):
+        write_report(model, out)
+    (model / "fold_0" / "checkpoint_final.pth").write_bytes(b"garbage")
+    with pytest.raises(UserInputError, match="cannot load the checkpoint"):
+        write_report(model, out)
+    torch.save({"network_weights": {}}, model / "fold_0" / "checkpoint_final.pth")
+    with pytest.raises(UserInputError, match="no 'logging'"):
+        write_report(model, out)
+
+
+def test_refuses_existing_output(tmp_path):
+    model = make_model_folder(tmp_path, extras=False)
+    out = tmp_path / "r.html"
+    out.write_text("old")
+    r = cli("report", "-m", model, "-o", out)
+    assert r.returncode == 2 and "--overwrite" in r.stderr and r.stderr.count("\n") == 1
+    assert out.read_text() == "old"
+    write_report(model, out, overwrite=True)
+    assert out.read_text(encoding="utf-8").startswith("<!DOCTYPE html>")
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".r.html")] == []  # no temporary left behind
+
+
+def test_panel_index_formats(tmp_path):
+    panels = tmp_path / "p"
+    (panels / "sub").mkdir(parents=True)
+    (panels / "b.png").write_bytes(PNG_1PX)
+    (panels / "sub" / "a.png").write_bytes(PNG_1PX)
+    (panels / "broken.png").write_bytes(b"not a png")
+    (panels / "index.json").write_text(json.dumps({"panels": [{"file": "b.png", "title": "bee"},
+                                                              {"png": str(panels / "sub" / "a.png"),
+                                                               "caption": "ay"}]}))
+    p = report.load_panels(panels)
+    assert [(i["name"], i["caption"]) for i in p["items"]] == [("b.png", "bee"), ("sub/a.png", "ay")]
+    assert p["skipped"] == ["broken.png"]
+    # the index.json of `nnunet_cmedl panels`: no caption key, captions made from its fields
+    (panels / "index.json").write_text(json.dumps({
+        "contours": {"reference": "green", "student": "red", "teacher": "blue"},
+        "ct_window": {"width": 350, "level": 40, "name": "mediastinal"}, "slice_rule": "largest reference area",
+        "panels": [{"case": "b", "png": "b.png", "slice": 7, "axis": 0, "num_slices": 16, "dice_student": 0.8125,
+                    "dice_teacher": None, "student_source": "computed", "mri_file": "/x/mri_3.nii.gz",
+                    "mri_slice": 5, "reference_empty": False}]}))
+    p = report.load_panels(panels)
+    assert p["items"][0]["caption"] == ("case b; slice 7 of 16 (axis 0); Dice student 0.812, teacher nan; student "
+                                        "segmentation: computed; MRI mri_3.nii.gz slice 5")
+    assert p["items"][1]["caption"] is None and p["note"] is None
+    assert p["description"] == ("contours: reference green, student red, teacher blue; CT window mediastinal "
+                                "(width 350, level 40); slice: largest reference area")
+    (panels / "index.json").write_text("[1, 2]")
+    assert report.load_panels(panels)["note"]
+    (panels / "index.json").write_text("{")
+    with pytest.raises(UserInputError, match="index.json"):
+        report.load_panels(panels)
