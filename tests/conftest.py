@@ -21,7 +21,7 @@ def nnunet_env(root: Path, **extra) -> dict:
     env.update(nnUNet_raw=str(root / "nnUNet_raw"), nnUNet_preprocessed=str(root / "nnUNet_preprocessed"),
                nnUNet_results=str(root / "nnUNet_results"), nnUNet_n_proc_DA="0", nnUNet_def_n_proc="1",
                nnUNet_compile="false", nnUNet_extTrainer=ext_trainer_value(os.environ.get("nnUNet_extTrainer")),
-               OMP_NUM_THREADS="2", PYTHONPATH=str(REPO))
+               OMP_NUM_THREADS="1", PYTHONPATH=str(REPO))
     env.update(extra)
     return env
 

@@ -71,8 +71,8 @@ class nnUNetTrainer_tinyCPU(nnUNetTrainer):
 
 class CPUBudgetMixin:
     """The budget of the README's demo and the CPU benchmark: the same for plain nnU-Net and CMEDL."""
-    budget_epochs = 10
-    budget_iterations_per_epoch = 25
+    budget_epochs = 40
+    budget_iterations_per_epoch = 30
     budget_val_iterations_per_epoch = 4
 
     def apply_budget(self):
@@ -90,7 +90,7 @@ class nnUNetTrainerCMEDL_cpuBudget(CPUBudgetMixin, nnUNetTrainerCMEDL):
         self.generator_features = 16  # the CPU budget cannot afford CycleGAN-sized generators
         self.generator_res_blocks = 3
         self.discriminator_features = 32
-        self.save_snapshot_every = 2
+        self.save_snapshot_every = 10
 
 
 class nnUNetTrainer_cpuBudget(CPUBudgetMixin, nnUNetTrainer):

@@ -1,0 +1,106 @@
+"""``nnunet_cmedl panels`` / ``make_case_panels``: one PNG per case on the slice of largest reference area."""
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+
+from conftest import cli, run
+from test_export_pmri import error_lines, one_torch_thread, tiny_models
+
+
+@pytest.fixture(scope="module")
+def models(planned_dataset):
+    return {**planned_dataset, **tiny_models(planned_dataset)}
+
+
+def reference_slices(labels_folder: Path) -> dict:
+    out = {}
+    for f in sorted(labels_folder.glob("*.nii.gz")):
+        a = sitk.GetArrayFromImage(sitk.ReadImage(str(f)))
+        out[f.name[:-len(".nii.gz")]] = int(np.argmax((a > 0).sum(axis=(1, 2))))
+    return out
+
+
+def test_largest_area_slice_and_dice():
+    from nnunet_cmedl.evaluation.panels import dice, largest_area_slice
+    ref = np.zeros((5, 4, 4), np.uint8)
+    ref[1, :2, :2] = 1
+    ref[3, :3, :3] = 1
+    assert largest_area_slice(ref) == 3
+    assert largest_area_slice(np.zeros((6, 4, 4))) == 3  # none: the middle slice
+    assert dice(ref, ref) == 1.0 and dice(ref, np.zeros_like(ref)) == 0.0
+    assert np.isnan(dice(np.zeros(3), np.zeros(3)))
+
+
+def test_api_panels_student_computed(models, tmp_path):
+    from matplotlib.image import imread
+    from nnunet_cmedl.evaluation.panels import make_case_panels
+    from nnunet_cmedl.inference import load_cmedl_model
+    raw = models["raw_folder"]
+    with one_torch_thread():
+        model = load_cmedl_model(models["3d"])
+        pngs = make_case_panels(model, raw / "imagesTs", raw / "labelsTs", tmp_path / "panels")
+    expected = reference_slices(raw / "labelsTs")
+    assert [p.name for p in pngs] == [f"{c}.png" for c in sorted(expected)]
+    for p in pngs:
+        image = imread(p)
+        assert image.ndim == 3 and image.shape[0] > 300 and image.shape[1] > 1200
+        assert image[..., :3].std() > 0.05  # not blank
+    index = json.loads((tmp_path / "panels" / "index.json").read_text())
+    assert {e["case"]: e["slice"] for e in index["panels"]} == expected
+    assert index["ct_window"] == {"width": 400.0, "level": 40.0, "name": "mediastinal"}
+    for e in index["panels"]:
+        assert e["png"] == f"{e['case']}.png" and e["axis"] == 0 and e["reference_area_voxels"] > 0
+        assert e["student_source"] == "computed" and e["mri_file"] is None
+
+
+def test_cli_panels_with_student_predictions_and_mri(models, tmp_path):
+    raw = models["raw_folder"]
+    env = models["env"]
+    perfect = tmp_path / "student_pred"  # the reference as the student's prediction: DSC 1 shows it is used
+    shutil.copytree(raw / "labelsTs", perfect)
+    out = tmp_path / "panels"
+    args = ["panels", "-m", models["3d"], "-i", raw / "imagesTs", "-ref", raw / "labelsTs", "--student-pred", perfect,
+            "--mri", raw / "unpairedMRI", "-o", out, "--quiet"]
+    r = run(cli(*args), env)
+    assert "wrote 2 panel(s)" in r.stdout
+    expected = reference_slices(raw / "labelsTs")
+    assert sorted(p.name for p in out.iterdir()) == sorted([f"{c}.png" for c in expected] + ["index.json"])
+    index = json.loads((out / "index.json").read_text())
+    mri_files = sorted((raw / "unpairedMRI").glob("*.nii.gz"))
+    for e in index["panels"]:
+        assert e["slice"] == expected[e["case"]]
+        assert e["student_source"] == "--student-pred" and e["dice_student"] == pytest.approx(1.0)
+        assert Path(e["mri_file"]) in mri_files
+        depth = sitk.ReadImage(e["mri_file"]).GetSize()[2]
+        assert 0 <= e["mri_slice"] < depth
+        assert e["mri_slice"] == round(e["slice"] / (e["num_slices"] - 1) * (depth - 1))
+
+    # existing outputs are refused without --overwrite, kept as they were
+    before = (out / "index.json").read_bytes()
+    r = run(cli(*args), env, check=False)
+    assert r.returncode == 2
+    lines = error_lines(r.stderr)
+    assert len(lines) == 1 and "--overwrite" in lines[0] and str(out) in lines[0]
+    assert (out / "index.json").read_bytes() == before
+
+
+def test_missing_reference_names_the_file(models, tmp_path, capsys):
+    from nnunet_cmedl.cli import main
+    raw = models["raw_folder"]
+    labels = tmp_path / "labels"
+    labels.mkdir()
+    first = sorted((raw / "labelsTs").glob("*.nii.gz"))[0]
+    shutil.copy(first, labels / first.name)  # the other case's label is missing
+    capsys.readouterr()
+    with one_torch_thread():
+        rc = main(["panels", "-m", str(models["3d"]), "-i", str(raw / "imagesTs"), "-ref", str(labels),
+                   "-o", str(tmp_path / "out"), "--quiet"])
+    assert rc == 2
+    lines = error_lines(capsys.readouterr().err)
+    missing = sorted(p.name for p in (raw / "labelsTs").glob("*.nii.gz"))[1]
+    assert len(lines) == 1 and str(labels / missing) in lines[0]
+    assert not (tmp_path / "out").exists()
