@@ -86,7 +86,8 @@ def main(argv=None) -> int:
     metrics = {}
     for name, folder in predictions.items():
         steps.run(f"per case: DSC, surface Dice (2 mm), HD95 of {name}",
-                  pipeline.OURS + ["evaluate", "-ref", data.raw_folder / "labelsTs", "-pred", folder, "--overwrite"])
+                  pipeline.OURS + ["evaluate", "-ref", data.raw_folder / "labelsTs", "-pred", folder,
+                                   "--dataset-json", data.raw_folder / "dataset.json", "--overwrite"])
         metrics[name] = folder / "cmedl_metrics.json"
     comparison = workdir / "comparison"
     log = steps.run("per case: paired Wilcoxon tests between the methods",

@@ -25,7 +25,7 @@ from nnunet_cmedl.errors import UserInputError
 from nnunet_cmedl.evaluation.metrics import (HELP_DEFINITIONS, HIGHER_IS_BETTER, METRIC_TITLES, METRICS, _normalize_labels,
                                              definitions, evaluate_folders, label_key, load_case_groups)
 from nnunet_cmedl.evaluation.tables import (fmt, format_table, nan_if_none, read_json, refuse_existing_outputs,
-                                            write_csv, write_json)
+                                            strip_output_prefix, write_csv, write_json)
 
 DEFAULT_ALPHA = 0.001  # the CMEDL paper's significance level
 MIN_N_FOR_TEST = 6
@@ -361,10 +361,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def output_paths(prefix) -> tuple:
-    prefix = str(prefix)
-    for ending in (".json", ".csv"):
-        if prefix.endswith(ending):
-            prefix = prefix[: -len(ending)]
+    prefix = strip_output_prefix(prefix)
     return Path(prefix + ".csv"), Path(prefix + "_tests.csv"), Path(prefix + ".json")
 
 

@@ -10,8 +10,8 @@ from pathlib import Path
 from nnunet_cmedl.errors import UserInputError
 from nnunet_cmedl.evaluation.metrics import (CSV_COLUMNS, HELP_DEFINITIONS, METRIC_TITLES, METRICS,
                                              evaluate_folders)
-from nnunet_cmedl.evaluation.tables import (fmt, fmt_mean_sd, format_table, refuse_existing_outputs, write_csv,
-                                            write_json)
+from nnunet_cmedl.evaluation.tables import (fmt, fmt_mean_sd, format_table, refuse_existing_outputs,
+                                            strip_output_prefix, write_csv, write_json)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -49,10 +49,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def output_paths(prefix) -> tuple:
     """OUT_PREFIX.csv and OUT_PREFIX.json (a prefix given with a .csv/.json ending is taken without it)."""
-    prefix = str(prefix)
-    for ending in (".json", ".csv"):
-        if prefix.endswith(ending):
-            prefix = prefix[: -len(ending)]
+    prefix = strip_output_prefix(prefix)
     return Path(prefix + ".csv"), Path(prefix + ".json")
 
 

@@ -295,13 +295,13 @@ def make_case_panels(model, images_folder, labels_folder, out_folder, student_pr
 
 # ---------------------------------------------------------------------------------------------- CLI
 def build_parser() -> argparse.ArgumentParser:
+    from nnunet_cmedl.inference.cmedl_model import add_model_arguments
     p = argparse.ArgumentParser(
         prog="nnunet_cmedl panels",
         description="One PNG per case: CT (W400/L40), pseudo-MRI, a real MRI of another patient, and the reference "
                     "(green) / student (red) / teacher (blue) contours on the slice of largest reference area; plus "
                     "index.json.")
-    p.add_argument("-m", "--model", required=True, metavar="MODEL_FOLDER",
-                   help="nnU-Net results folder of the CMEDL model: .../DatasetXXX/{trainer}__{plans}__{configuration}")
+    add_model_arguments(p)
     p.add_argument("-i", "--images", required=True, metavar="IMAGES_FOLDER",
                    help="folder of nnU-Net-named CT files (CASE_0000.nii.gz)")
     p.add_argument("-ref", "--reference", required=True, metavar="LABELS_FOLDER",
@@ -312,23 +312,15 @@ def build_parser() -> argparse.ArgumentParser:
                    help="where the PNGs and index.json go (default MODEL_FOLDER/fold_F/cmedl_panels)")
     p.add_argument("--mri", default=None, metavar="FILE_OR_FOLDER",
                    help="unpaired real MRI volume(s) shown for comparison (other patients)")
-    p.add_argument("-f", "--fold", default="0", help="fold to use (0-4 or all; default 0)")
-    p.add_argument("-chk", "--checkpoint", default="checkpoint_final.pth", help="checkpoint file name in fold_X")
-    p.add_argument("--step-size", type=float, default=0.5, help="sliding-window step (fraction of the patch)")
-    p.add_argument("--device", default="cpu", choices=("cpu", "cuda"), help="default cpu")
     p.add_argument("--overwrite", action="store_true", help="replace existing PNGs and index.json")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     return p
 
 
 def main(argv=None) -> int:
-    from nnunet_cmedl.inference.cmedl_model import load_cmedl_model
+    from nnunet_cmedl.inference.cmedl_model import model_from_arguments
     args = build_parser().parse_args(argv)
-    if not 0 < args.step_size <= 1:
-        raise UserInputError(f"--step-size {args.step_size}: must be in (0, 1]")
-    if args.fold != "all" and not args.fold.isdigit():
-        raise UserInputError(f"-f {args.fold}: a fold number or 'all'")
-    model = load_cmedl_model(args.model, args.fold, args.checkpoint, args.device)
+    model = model_from_arguments(args)
     out = Path(args.output) if args.output else model.checkpoint_file.parent / "cmedl_panels"
     pngs = make_case_panels(model, args.images, args.reference, out, args.student_pred, args.mri,
                             overwrite=args.overwrite, step_size=args.step_size, show_progress=not args.quiet)

@@ -126,3 +126,12 @@ def format_table(headers: Sequence[str], rows: Sequence[Sequence], title: str = 
     for r in cells[1:]:
         lines.append("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip())
     return "\n".join(lines)
+
+
+def strip_output_prefix(prefix) -> str:
+    """OUT_PREFIX given with a .csv/.json ending is taken without it."""
+    prefix = str(prefix)
+    for ending in (".json", ".csv"):
+        if prefix.endswith(ending):
+            prefix = prefix[: -len(ending)]
+    return prefix

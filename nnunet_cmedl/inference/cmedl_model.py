@@ -186,3 +186,22 @@ def load_cmedl_model(model_folder, fold: Union[int, str] = 0, checkpoint_name: s
         num_input_channels=num_input_channels,
         inference_allowed_mirroring_axes=tuple(mirror_axes) if mirror_axes is not None else None,
         device=device, i2i_kwargs=i2i_kwargs)
+
+
+def add_model_arguments(parser) -> None:
+    """The options that pick a trained CMEDL model and how it runs (shared by export-pmri and panels)."""
+    parser.add_argument("-m", "--model", required=True, metavar="MODEL_FOLDER",
+                        help="nnU-Net results folder of the CMEDL model: .../DatasetXXX/{trainer}__{plans}__{configuration}")
+    parser.add_argument("-f", "--fold", default="0", help="fold to use (0-4 or all; default 0)")
+    parser.add_argument("-chk", "--checkpoint", default="checkpoint_final.pth", help="checkpoint file name in fold_X")
+    parser.add_argument("--step-size", type=float, default=0.5,
+                        help="sliding-window step as a fraction of the patch size (nnU-Net's default 0.5)")
+    parser.add_argument("--device", default="cpu", choices=("cpu", "cuda"), help="default cpu")
+
+
+def model_from_arguments(args) -> "CMEDLModel":
+    if not 0 < args.step_size <= 1:
+        raise UserInputError(f"--step-size {args.step_size}: must be in (0, 1]")
+    if args.fold != "all" and not args.fold.isdigit():
+        raise UserInputError(f"-f {args.fold}: a fold number or 'all'")
+    return load_cmedl_model(args.model, args.fold, args.checkpoint, args.device)

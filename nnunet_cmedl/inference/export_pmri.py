@@ -29,7 +29,8 @@ import numpy as np
 import torch
 
 from nnunet_cmedl.errors import UserInputError
-from nnunet_cmedl.inference.cmedl_model import CMEDLModel, load_cmedl_model
+from nnunet_cmedl.inference.cmedl_model import (CMEDLModel, add_model_arguments, load_cmedl_model,
+                                                model_from_arguments)
 from nnunet_cmedl.utils.atomic import atomic_temp_path, refuse_existing, replace_path
 
 PMRI_SUFFIX = "_pMRI.nii.gz"
@@ -440,10 +441,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Translate CT volumes into pseudo-MRI with a trained CMEDL model (its CycleGAN generator), in the "
                     "input's geometry. Optionally also the teacher's segmentation of the pseudo-MRI and the student's "
                     "segmentation of the CT (the latter is what nnUNetv2_predict --disable_tta writes).")
-    p.add_argument("-m", "--model", required=True, metavar="MODEL_FOLDER",
-                   help="nnU-Net results folder of the CMEDL model: .../DatasetXXX/{trainer}__{plans}__{configuration}")
-    p.add_argument("-f", "--fold", default="0", help="fold to use (0-4 or all; default 0)")
-    p.add_argument("-chk", "--checkpoint", default="checkpoint_final.pth", help="checkpoint file name in fold_X")
+    add_model_arguments(p)
     p.add_argument("-i", "--input", required=True, metavar="INPUT",
                    help="a CT file, or a folder of nnU-Net-named CT files (CASE_0000.nii.gz, ...)")
     p.add_argument("-o", "--output", required=True, metavar="OUTPUT_FOLDER", help="where <case>_pMRI.nii.gz goes")
@@ -451,11 +449,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="also write the teacher's segmentation of the pseudo-MRI (<case>_teacher_seg.nii.gz)")
     p.add_argument("--student-seg", action="store_true",
                    help="also write the student's segmentation of the CT (<case>_student_seg.nii.gz)")
-    p.add_argument("--step-size", type=float, default=0.5,
-                   help="sliding-window step as a fraction of the patch size (nnU-Net's default 0.5)")
     p.add_argument("--tta", action="store_true",
                    help="mirroring test-time augmentation for the segmentations (off by default, like --disable_tta)")
-    p.add_argument("--device", default="cpu", choices=("cpu", "cuda"), help="default cpu")
     p.add_argument("--overwrite", action="store_true", help="replace existing outputs")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     return p
@@ -463,11 +458,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
-    if not 0 < args.step_size <= 1:
-        raise UserInputError(f"--step-size {args.step_size}: must be in (0, 1]")
-    if args.fold != "all" and not args.fold.isdigit():
-        raise UserInputError(f"-f {args.fold}: a fold number or 'all'")
-    model = load_cmedl_model(args.model, args.fold, args.checkpoint, args.device)
+    model = model_from_arguments(args)
     written = export_pseudo_mri_batch(model, args.input, args.output, teacher_seg=args.teacher_seg,
                                       student_seg=args.student_seg, step_size=args.step_size,
                                       overwrite=args.overwrite, use_mirroring=args.tta, show_progress=not args.quiet)
