@@ -21,6 +21,7 @@ from torch.amp import GradScaler
 from nnunetv2.training.lr_scheduler.polylr import PolyLRScheduler
 from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 from nnunetv2.utilities.collate_outputs import collate_outputs
+from nnunetv2.utilities.default_n_proc_DA import get_allowed_n_proc_DA
 from nnunetv2.utilities.helpers import dummy_context
 
 from mri_unpaired.loader import get_unpaired_mri_dataloader
@@ -240,8 +241,10 @@ class nnUNetTrainerCMEDL(nnUNetTrainer):
     def on_train_start(self):
         if not self.was_initialized:
             self.initialize()
-        # the MRI first: a missing MRI folder fails in seconds, with the command that prepares it
-        self.dataloader_mri = get_unpaired_mri_dataloader(self)
+        # the MRI first: a missing MRI folder fails in seconds, with the command that prepares it. MRI patches carry
+        # no segmentation and cost less to augment: half of nnU-Net's worker processes (none if it uses none)
+        workers = get_allowed_n_proc_DA()
+        self.dataloader_mri = get_unpaired_mri_dataloader(self, num_processes=workers and max(1, workers // 2))
         super().on_train_start()
 
     def on_train_end(self):
