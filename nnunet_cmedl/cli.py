@@ -50,5 +50,15 @@ def main(argv=None) -> int:
     return run_command(argv[0], argv[1:])
 
 
+def _command_entry_point(name: str):
+    def entry_point() -> None:
+        sys.exit(run_command(name, sys.argv[1:]))
+    entry_point.__name__ = "main_" + name.replace("-", "_")
+    return entry_point
+
+
+# one console script per job as well (nnunet_cmedl_env, nnunet_cmedl_preprocess_mri, ...), see pyproject.toml
+globals().update({f"main_{c.replace('-', '_')}": _command_entry_point(c) for c in COMMANDS})
+
 if __name__ == "__main__":
     sys.exit(main())
