@@ -44,7 +44,8 @@ def main(argv=None) -> int:
     pred = pipeline.predict(steps, data, a.trainer, device, workdir / "predictions" / a.trainer)
     log = steps.run("evaluate: Dice, surface Dice (2 mm), HD95 per test case",
                     pipeline.OURS + ["evaluate", "-ref", data.raw_folder / "labelsTs", "-pred", pred,
-                                     "--dataset-json", data.raw_folder / "dataset.json", "--overwrite"])
+                                     "--dataset-json", data.raw_folder / "dataset.json", "--per-case",
+                                     "--overwrite"])
     print(log.read_text())
     fold = results / "fold_0"
     print(f"Figures:\n  synthetic data preview : {data.raw_folder / 'preview.png'}\n"

@@ -44,6 +44,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-np", "--num-processes", type=int, default=1, help="worker processes (default: 1)")
     p.add_argument("--overwrite", action="store_true", help="replace existing output files")
     p.add_argument("-q", "--quiet", action="store_true", help="do not print the summary table")
+    p.add_argument("--per-case", action="store_true", help="also print a table with one row per case and label")
     return p
 
 
@@ -81,6 +82,14 @@ def summary_table(result: dict) -> str:
     return format_table(headers, rows, title)
 
 
+def per_case_table(result: dict) -> str:
+    headers = ["case", "label", "DSC", "sDSC", "HD95 (mm)", "ref voxels", "pred voxels"]
+    rows = [[r["case"], r.get("label_name") or r["label"], fmt(r["dsc"]), fmt(r["sdsc"]),
+             "undefined" if r["hd95_undefined"] else fmt(r["hd95"]), r["ref_voxels"], r["pred_voxels"]]
+            for r in result["per_case"]]
+    return format_table(headers, rows, "per case")
+
+
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     prefix = args.output_prefix if args.output_prefix is not None else str(Path(args.pred_folder) / "cmedl_metrics")
@@ -103,6 +112,8 @@ def main(argv=None) -> int:
         print(f"warning: labels {inp['labels_only_in_predictions']} occur in predictions but were not evaluated",
               file=sys.stderr)
     if not args.quiet:
+        if args.per_case:
+            print(per_case_table(result) + "\n")
         print(summary_table(result))
     print(f"wrote {csv_path} and {json_path}")
     return 0
