@@ -45,13 +45,14 @@ class Steps:
         self.env, self.log_folder, self.n = env, log_folder, 0
         log_folder.mkdir(parents=True, exist_ok=True)
 
-    def run(self, title: str, cmd: list) -> Path:
+    def run(self, title: str, cmd: list, **env_overrides) -> Path:
         self.n += 1
         print(f"\n=== step {self.n}: {title}\n    $ {' '.join(map(str, cmd))}", flush=True)
         t0 = time.time()
         log = self.log_folder / f"step{self.n:02d}.log"
         with open(log, "w") as f:
-            r = subprocess.run([str(c) for c in cmd], env=self.env, stdout=f, stderr=subprocess.STDOUT)
+            r = subprocess.run([str(c) for c in cmd], env={**self.env, **env_overrides}, stdout=f,
+                               stderr=subprocess.STDOUT)
         if r.returncode != 0:
             tail = log.read_text(errors="replace").strip().splitlines()[-15:]
             print("\n".join("    | " + line for line in tail))
@@ -77,8 +78,6 @@ def make_steps(workdir: Path, device: str) -> Steps:
     env = dict(os.environ, **paths, nnUNet_extTrainer=ext_trainer_value(os.environ.get("nnUNet_extTrainer")))
     env.setdefault("nnUNet_def_n_proc", "2")
     env.setdefault("nnUNet_n_proc_DA", "2" if device == "cpu" else "8")
-    if env["nnUNet_n_proc_DA"] == "0":
-        env["nnUNet_n_proc_DA"] = "1"  # nnU-Net's planner calls torch.set_num_threads(nnUNet_n_proc_DA)
     os.environ.update(paths)  # for nnU-Net's dataset-name lookups in this process
     return Steps(env, workdir / "logs")
 
@@ -104,7 +103,9 @@ def prepare_dataset(steps: Steps, dataset_id: int, dim: str, num_train: int, num
         steps.skip("plan and preprocess", f"{plans_file} exists")
     else:
         steps.run("plan and preprocess (nnU-Net's self-configuration)",
-                  [BIN / "nnUNetv2_plan_and_preprocess", "-d", dataset_id, "-c", parent, "-np", "2"])
+                  [BIN / "nnUNetv2_plan_and_preprocess", "-d", dataset_id, "-c", parent, "-np", "2"],
+                  # nnU-Net's planner calls torch.set_num_threads(nnUNet_n_proc_DA), which fails on 0
+                  nnUNet_n_proc_DA=str(max(1, int(steps.env["nnUNet_n_proc_DA"]))))
     configuration = small or parent
     if small is not None:
         if small in json.loads(plans_file.read_text())["configurations"]:
