@@ -1,1 +1,1 @@
-"""Knowledge distillation from the MRI teacher into the CT student: the hint loss (``hint.py``)."""
+"""Distillation from the MRI teacher into the CT student: the teacher (``teacher.py``), the hint (``hint.py``)."""

@@ -1,10 +1,9 @@
-"""CMEDL's hint (feature-distillation) loss and the forward hooks that read decoder features.
+"""CMEDL's hint (feature-distillation) loss and the feature tap that reads decoder features.
 
 The student's features on CT are pulled toward the teacher's features on the matching pseudo-MRI at the last
-decoder stages (the highest-resolution ones, just before the segmentation head). Hooks leave the networks and their
-state dicts exactly as nnU-Net builds them, so stock inference loads the student unchanged.
+decoder stages (the highest-resolution ones, just before the segmentation head). The tap leaves the networks and
+their state dicts exactly as nnU-Net builds them, so stock inference loads the student unchanged.
 """
-from contextlib import contextmanager
 from typing import List, Sequence
 
 import torch
@@ -21,17 +20,6 @@ def unwrap(network: nn.Module) -> nn.Module:
     return network
 
 
-def decoder_stages(network: nn.Module) -> nn.ModuleList:
-    """``decoder.stages`` of dynamic-network-architectures' U-Nets (PlainConvUNet, ResidualEncoderUNet, ...), which
-    run from the lowest to the highest resolution."""
-    net = unwrap(network)
-    stages = getattr(getattr(net, "decoder", None), "stages", None)
-    if stages is None:
-        raise TypeError(f"{type(net).__name__} has no decoder.stages; the hint loss needs a "
-                        f"dynamic-network-architectures U-Net (or override nnUNetTrainerCMEDL.hint_layers)")
-    return stages
-
-
 def resolve_stage_indices(num_stages: int, indices: Sequence[int]) -> List[int]:
     """Negative indices count from the highest-resolution stage (-1 = last decoder stage) for any depth."""
     if not indices or any(not -num_stages <= i < num_stages for i in indices):
@@ -39,29 +27,48 @@ def resolve_stage_indices(num_stages: int, indices: Sequence[int]) -> List[int]:
     return sorted({i % num_stages for i in indices})
 
 
-class FeatureRecorder:
-    """Forward hooks on given layers that record their outputs, only inside ``with recorder.recording():``."""
+class DecoderFeatureTap(nn.Module):
+    """The U-Net's own forward (encoder, then decoder) that also returns the outputs of chosen decoder stages:
+    ``tap(x) -> (network output, [features])``.
 
-    def __init__(self, layers: Sequence[nn.Module]):
-        self._features: List[torch.Tensor] = []
-        self._active = False
-        self._handles = [layer.register_forward_hook(self._hook) for layer in layers]
+    The features are return values, so the capture works however the network was built, compiled or wrapped (forward
+    hooks are silently skipped by torch.compile once dynamo has traced a module, pytorch issue 117758). The decoder
+    walk is the one of dynamic-network-architectures' ``UNetDecoder`` / ``UNetResDecoder`` (PlainConvUNet,
+    ResidualEncoderUNet, ResidualUNet); a test checks that the output equals ``network(x)`` exactly. The tap shares
+    the network's parameters and is never saved: checkpoints hold the network itself.
+    """
 
-    def _hook(self, module, inputs, output):
-        if self._active:
-            self._features.append(output)
+    def __init__(self, network: nn.Module, stage_indices: Sequence[int]):
+        super().__init__()
+        net = unwrap(network)
+        decoder = getattr(net, "decoder", None)
+        missing = [a for a in ("stages", "transpconvs", "seg_layers", "deep_supervision")
+                   if not hasattr(decoder, a)] if decoder is not None else ["decoder"]
+        if missing or not hasattr(net, "encoder"):
+            raise TypeError(f"{type(net).__name__} has no {'/'.join(missing) or 'encoder'}: the hint needs a "
+                            f"dynamic-network-architectures U-Net (encoder + decoder.stages/transpconvs/seg_layers) "
+                            f"or an override of nnUNetTrainerCMEDL.build_feature_tap")
+        self.network = net
+        self.stage_indices = tuple(resolve_stage_indices(len(decoder.stages), stage_indices))
 
-    @contextmanager
-    def recording(self):
-        self._features, self._active = [], True
-        try:
-            yield self._features
-        finally:
-            self._active = False
-
-    def remove(self) -> None:
-        for h in self._handles:
-            h.remove()
+    def forward(self, x):
+        net = self.network
+        decoder = net.decoder
+        skips = net.encoder(x)
+        lres_input, seg_outputs, features = skips[-1], [], []
+        for s in range(len(decoder.stages)):
+            x = decoder.transpconvs[s](lres_input)
+            x = torch.cat((x, skips[-(s + 2)]), 1)
+            x = decoder.stages[s](x)
+            if s in self.stage_indices:
+                features.append(x)
+            if decoder.deep_supervision:
+                seg_outputs.append(decoder.seg_layers[s](x))
+            elif s == len(decoder.stages) - 1:
+                seg_outputs.append(decoder.seg_layers[-1](x))
+            lres_input = x
+        seg_outputs = seg_outputs[::-1]
+        return (seg_outputs if decoder.deep_supervision else seg_outputs[0]), features
 
 
 def hint_loss(student_features: Sequence[torch.Tensor], teacher_features: Sequence[torch.Tensor],

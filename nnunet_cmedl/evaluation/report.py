@@ -46,9 +46,10 @@ CURVE_DESCRIPTIONS = {
     "cmedl_G_adversarial": "generators: LSGAN adversarial loss (CT->pMRI and MRI->CT)",
     "cmedl_G_cycle": "generators: L1 cycle-consistency loss",
     "cmedl_G_identity": "generators: L1 identity loss",
-    "cmedl_G_teacher_seg": "generators: teacher's segmentation loss on pMRI (keeps the anatomy in place)",
-    "cmedl_D": "discriminators: LSGAN loss (real vs. pooled fakes)",
-    "cmedl_teacher_seg": "teacher: segmentation loss on pMRI (CT labels)",
+    "cmedl_G_nce": "generator (CUT): PatchNCE loss between CT and pMRI encoder features",
+    "cmedl_G_nce_identity": "generator (CUT): PatchNCE identity loss on real MRI",
+    "cmedl_D": "discriminators: LSGAN loss (real vs. fakes; CycleGAN: pooled fakes)",
+    "cmedl_teacher_seg": "teacher: segmentation loss on pMRI (CT labels); it also drives the generator",
     "cmedl_student_seg": "student: segmentation loss on CT (without the hint)",
     "cmedl_hint": "hint loss: student features on CT vs. teacher features on the matching pMRI",
     "cmedl_teacher_val_loss": "teacher: validation loss on pMRI",
@@ -60,7 +61,8 @@ STOCK_PANELS = (
 )
 # trainer attributes shown in the header when fold_X/debug.json (written by nnU-Net at the start of training) has them
 HYPERPARAMETERS = ("num_epochs", "num_iterations_per_epoch", "num_val_iterations_per_epoch", "initial_lr",
-                   "weight_decay", "batch_size", "lambda_adversarial", "lambda_cycle", "lambda_identity",
+                   "weight_decay", "batch_size", "i2i_method", "lambda_adversarial", "lambda_cycle", "lambda_identity",
+                   "lambda_nce", "nce_identity", "nce_patches", "nce_mlp_features", "nce_temperature",
                    "lambda_teacher_seg_on_generator", "lambda_hint", "hint_decoder_stages", "hint_detach_teacher",
                    "gan_initial_lr", "gan_betas", "gan_constant_lr_fraction", "image_pool_size", "generator_features",
                    "generator_downsamplings", "generator_res_blocks", "discriminator_features",

@@ -1,1 +1,16 @@
-"""Unpaired image-to-image translation (CT <-> MRI): networks (``networks.py``) and losses (``losses.py``)."""
+"""Unpaired image-to-image translation (CT -> MRI), chosen by name like CUT's ``--model`` option.
+
+``networks.py`` (generators, PatchGAN, CUT's MLP heads), ``losses.py`` (LSGAN, image pool, PatchNCE), ``base.py``
+(the interface the trainer uses), and one file per method: ``cyclegan.py``, ``cut.py``.
+"""
+from nnunet_cmedl.i2i.base import GeneratorPass, I2IMethod
+from nnunet_cmedl.i2i.cut import CUT
+from nnunet_cmedl.i2i.cyclegan import CycleGAN
+
+I2I_METHODS = {"cyclegan": CycleGAN, "cut": CUT}
+
+
+def build_i2i(method: str, arch, **kwargs) -> I2IMethod:
+    if method not in I2I_METHODS:
+        raise ValueError(f"unknown I2I method {method!r}; choose one of {sorted(I2I_METHODS)}")
+    return I2I_METHODS[method](arch, **kwargs)

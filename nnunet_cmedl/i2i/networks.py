@@ -77,13 +77,20 @@ class ResnetBlock(nn.Module):
 
 
 class ResnetGenerator(nn.Module):
-    """CycleGAN's ResNet generator: stem, ``num_downsamplings`` strided convs, residual blocks, mirrored up-path."""
+    """CycleGAN's ResNet generator: stem, ``num_downsamplings`` strided convs, residual blocks, mirrored up-path.
+
+    ``forward(x, feature_points)`` also returns encoder features for CUT's PatchNCE: point 0 is the input image and
+    point k the output of ``model[k - 1]`` (``encoder_feature_points`` lists CUT's default choice). The features come
+    out as return values, not hooks, so they survive torch.compile.
+    """
 
     def __init__(self, arch: I2IArchitecture, in_channels: int, out_channels: int, base_features: int = 32,
                  num_downsamplings: int = 2, num_res_blocks: int = 6, max_features: int = 256):
         super().__init__()
         stem_kernel, _ = arch.stage(0)
-        features = [min(base_features * 2 ** i, max_features) for i in range(num_downsamplings + 1)]
+        self.num_downsamplings, self.num_res_blocks = num_downsamplings, num_res_blocks
+        self.features = [min(base_features * 2 ** i, max_features) for i in range(num_downsamplings + 1)]
+        features = self.features
         layers: List[nn.Module] = [ConvNormAct(arch, in_channels, features[0], stem_kernel)]
         for i in range(num_downsamplings):
             kernel, stride = arch.stage(i + 1)
@@ -97,9 +104,33 @@ class ResnetGenerator(nn.Module):
         layers.append(arch.conv_op(features[0], out_channels, stem_kernel, padding=same_padding(stem_kernel),
                                    padding_mode="replicate"))
         self.model = nn.Sequential(*layers)
+        self.in_channels = in_channels
 
-    def forward(self, x):
-        return self.model(x)
+    def encoder_feature_points(self) -> List[int]:
+        """CUT's nce_layers mapped to this generator at any depth: the input, every down-sampling conv, the first
+        and the middle residual block (the reference, 9 blocks: input, both down-sampling convs, blocks 1 and 5)."""
+        nd, nr = self.num_downsamplings, self.num_res_blocks
+        points = [0] + [2 + i for i in range(nd)] + ([2 + nd, 2 + nd + nr // 2] if nr else [])
+        return sorted(set(points))
+
+    def feature_channels(self, points: Sequence[int]) -> List[int]:
+        """Channel count at each feature point."""
+        channels = [self.in_channels, self.features[0]] + self.features[1:] + [self.features[-1]] * self.num_res_blocks
+        return [channels[p] for p in points]
+
+    def forward(self, x, feature_points: Sequence[int] = (), encode_only: bool = False):
+        if not feature_points:
+            return self.model(x)
+        features, last = [], max(feature_points)
+        if 0 in feature_points:
+            features.append(x)
+        for k, layer in enumerate(self.model, start=1):
+            if encode_only and k > last:
+                return features
+            x = layer(x)
+            if k in feature_points:
+                features.append(x)
+        return features if encode_only else (x, features)
 
 
 class PatchGANDiscriminator(nn.Module):
@@ -138,30 +169,30 @@ def init_weights_normal(module: nn.Module, gain: float = 0.02) -> None:
         nn.init.zeros_(module.bias)
 
 
-class CycleGAN(nn.Module):
-    """The I2I part of CMEDL: two generators and one discriminator per domain.
+class PatchSampleMLP(nn.Module):
+    """CUT's PatchSampleF: per feature layer, the same ``num_patches`` random locations in every image of the batch,
+    a 2-layer MLP (``mlp_features`` units) and L2 normalisation. ``patch_ids`` from the keys' call are reused for the
+    queries, so that query i and key i come from the same location of input and output."""
 
-    ``ct_to_mri`` makes the pseudo-MRI the teacher segments; the other three exist for the cycle and adversarial
-    losses. One module so that its state dict, device placement and train/eval mode travel together.
-    """
-
-    def __init__(self, arch: I2IArchitecture, ct_channels: int, mri_channels: int = 1, generator_features: int = 32,
-                 num_downsamplings: int = 2, num_res_blocks: int = 6, discriminator_features: int = 64,
-                 discriminator_layers: int = 3):
+    def __init__(self, channels: Sequence[int], mlp_features: int = 256, num_patches: int = 256):
         super().__init__()
-        gen = dict(base_features=generator_features, num_downsamplings=num_downsamplings,
-                   num_res_blocks=num_res_blocks)
-        self.ct_to_mri = ResnetGenerator(arch, ct_channels, mri_channels, **gen)
-        self.mri_to_ct = ResnetGenerator(arch, mri_channels, ct_channels, **gen)
-        disc = dict(base_features=discriminator_features, num_layers=discriminator_layers)
-        self.discriminator_mri = PatchGANDiscriminator(arch, mri_channels, **disc)
-        self.discriminator_ct = PatchGANDiscriminator(arch, ct_channels, **disc)
-        self.apply(init_weights_normal)
+        self.num_patches = num_patches
+        self.mlps = nn.ModuleList([nn.Sequential(nn.Linear(c, mlp_features), nn.ReLU(inplace=True),
+                                                 nn.Linear(mlp_features, mlp_features)) for c in channels])
+        for m in self.mlps.modules():  # CUT initialises netF like the other networks (normal, 0.02)
+            if isinstance(m, nn.Linear):
+                nn.init.normal_(m.weight, 0.0, 0.02)
+                nn.init.zeros_(m.bias)
 
-    @property
-    def generators(self) -> nn.ModuleList:
-        return nn.ModuleList([self.ct_to_mri, self.mri_to_ct])
-
-    @property
-    def discriminators(self) -> nn.ModuleList:
-        return nn.ModuleList([self.discriminator_mri, self.discriminator_ct])
+    def forward(self, features: Sequence[torch.Tensor], patch_ids: Sequence[torch.Tensor] = None):
+        samples, ids = [], []
+        for i, (feat, mlp) in enumerate(zip(features, self.mlps)):
+            flat = feat.flatten(2).transpose(1, 2)  # (B, locations, C)
+            if patch_ids is None:
+                idx = torch.randperm(flat.shape[1], device=feat.device)[:min(self.num_patches, flat.shape[1])]
+            else:
+                idx = patch_ids[i]
+            sample = mlp(flat[:, idx].flatten(0, 1))  # (B * patches, mlp_features)
+            samples.append(nn.functional.normalize(sample, dim=1))
+            ids.append(idx)
+        return samples, ids

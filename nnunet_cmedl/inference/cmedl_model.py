@@ -31,7 +31,7 @@ class CMEDLModel:
     configuration_manager: object         # nnunetv2 ConfigurationManager
     dataset_json: dict
     label_manager: object                 # nnunetv2 LabelManager
-    generator: nn.Module                  # CycleGAN's ct_to_mri: CT (preprocessed) -> pMRI (z-score scale)
+    generator: nn.Module                  # the I2I method's ct_to_mri: CT (preprocessed) -> pMRI (z-score scale)
     teacher: nn.Module                    # nnU-Net network on pMRI
     student: nn.Module                    # nnU-Net network on CT (what stock nnUNetv2_predict runs)
     num_input_channels: int               # CT channels
@@ -113,7 +113,8 @@ def load_cmedl_model(model_folder, fold: Union[int, str] = 0, checkpoint_name: s
     from nnunetv2.utilities.label_handling.label_handling import determine_num_input_channels
     from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
 
-    from nnunet_cmedl.i2i.networks import CycleGAN, I2IArchitecture
+    from nnunet_cmedl.i2i import build_i2i
+    from nnunet_cmedl.i2i.networks import I2IArchitecture
 
     model_folder = Path(model_folder)
     device = resolve_device(device)
@@ -172,10 +173,11 @@ def load_cmedl_model(model_folder, fold: Union[int, str] = 0, checkpoint_name: s
     _load_weights(student, checkpoint["network_weights"], "student (network_weights)", checkpoint_file)
     teacher = _build(trainer_class, plans_manager, configuration_manager, mri_channels, num_heads)
     _load_weights(teacher, checkpoint["cmedl_teacher_weights"], "teacher (cmedl_teacher_weights)", checkpoint_file)
-    i2i = CycleGAN(I2IArchitecture.from_configuration(configuration_manager), **i2i_kwargs)
+    i2i = build_i2i(checkpoint.get("cmedl_i2i_method", "cyclegan"),
+                    I2IArchitecture.from_configuration(configuration_manager), **i2i_kwargs)
     _load_weights(i2i, checkpoint["cmedl_i2i_weights"], "I2I (cmedl_i2i_weights)", checkpoint_file)
-    generator = i2i.ct_to_mri
-    del i2i, checkpoint["cmedl_i2i_weights"]  # the other generator and the discriminators are training-only
+    generator = i2i.generator
+    del i2i, checkpoint["cmedl_i2i_weights"]  # the other networks of the I2I method are training-only
 
     mirror_axes = checkpoint.get("inference_allowed_mirroring_axes")
     return CMEDLModel(

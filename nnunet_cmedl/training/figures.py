@@ -10,7 +10,7 @@ import numpy as np  # noqa: E402
 from nnunet_cmedl.utils.atomic import atomic_temp_path, replace_path  # noqa: E402
 
 PANELS = (
-    ("Generators", ("cmedl_G_adversarial", "cmedl_G_cycle", "cmedl_G_identity", "cmedl_G_teacher_seg")),
+    ("Generators", ("cmedl_G_adversarial", "cmedl_G_cycle", "cmedl_G_identity", "cmedl_G_nce", "cmedl_G_nce_identity")),
     ("Discriminators", ("cmedl_D",)),
     ("Segmentation (train)", ("cmedl_teacher_seg", "cmedl_student_seg", "train_losses")),
     ("Hint (student vs teacher features)", ("cmedl_hint",)),

@@ -1,15 +1,16 @@
 """nnUNetTrainerCMEDL: unpaired cross-modality educed distillation (Jiang et al., IEEE TMI 2022) in nnU-Net v2.
 
 Every iteration trains, together and from scratch:
-  1. the I2I generators CT -> pseudo-MRI (pMRI) and MRI -> CT (adversarial + cycle + identity losses, plus the
-     teacher's segmentation loss on pMRI, which keeps tumours where they are);
-  2. the two PatchGAN discriminators (real vs. pooled fakes);
+  1. the unpaired I2I method CT -> pseudo-MRI (pMRI): CycleGAN (default) or CUT (``i2i_method``), whose generator
+     also gets the teacher's segmentation loss on pMRI (which keeps tumours where they are);
+  2. its discriminator(s);
   3. the teacher: nnU-Net's network on pMRI, trained with the CT labels;
   4. the student: nnU-Net's network on CT (``self.network``), plus the hint loss pulling its last decoder features
      toward the teacher's features on the matching pMRI.
-Only the student is needed for inference: ``network_weights`` in the checkpoint is exactly a stock nnU-Net network.
+Generators, teacher and student share one forward and one backward of CMEDL's loss sum; the discriminators follow
+in a step of their own. Only the student is needed for inference: ``network_weights`` in the checkpoint is exactly a
+stock nnU-Net network.
 """
-from contextlib import contextmanager
 from os.path import join
 from typing import List
 
@@ -25,42 +26,20 @@ from nnunetv2.utilities.default_n_proc_DA import get_allowed_n_proc_DA
 from nnunetv2.utilities.helpers import dummy_context
 
 from mri_unpaired.loader import get_unpaired_mri_dataloader
-from nnunet_cmedl.distillation.hint import FeatureRecorder, decoder_stages, hint_loss, resolve_stage_indices, unwrap
-from nnunet_cmedl.i2i.losses import ImagePool, LSGANLoss
-from nnunet_cmedl.i2i.networks import CycleGAN, I2IArchitecture
+from nnunet_cmedl.distillation.hint import DecoderFeatureTap, hint_loss, unwrap
+from nnunet_cmedl.distillation.teacher import TeacherOnPseudoMRI, scale_gradient
+from nnunet_cmedl.i2i import I2I_METHODS, build_i2i
+from nnunet_cmedl.i2i.networks import I2IArchitecture
 from nnunet_cmedl.training import figures
 from nnunet_cmedl.training.lr_schedulers import ConstantThenLinearDecayLR
 from nnunet_cmedl.utils.atomic import atomic_temp_path, replace_path
 
-# per-iteration losses returned by train_step and logged once per epoch (key in nnU-Net's logger: 'cmedl_' + name)
-TRAIN_LOSS_NAMES = ("G_adversarial", "G_cycle", "G_identity", "G_teacher_seg", "D", "teacher_seg", "student_seg",
-                    "hint")
+# per-iteration losses returned by train_step and logged once per epoch (key in nnU-Net's logger: 'cmedl_' + name);
+# each I2I method logs its own generator terms ('G_' + name, see I2I_METHODS[...].loss_names)
+TRAIN_LOSS_NAMES = ("G_adversarial", "G_cycle", "G_identity", "G_nce", "G_nce_identity", "D", "teacher_seg",
+                    "student_seg", "hint")
+SEGMENTATION_LOSS_NAMES = TRAIN_LOSS_NAMES[-4:]
 VAL_LOG_NAMES = ("teacher_val_loss", "teacher_pseudo_dice_pmri")
-
-
-@contextmanager
-def frozen(*modules: nn.Module):
-    """Parameters of ``modules`` get no gradients from the forward passes inside (CycleGAN's set_requires_grad)."""
-    params = [p for m in modules for p in m.parameters()]
-    states = [p.requires_grad for p in params]
-    for p in params:
-        p.requires_grad_(False)
-    try:
-        yield
-    finally:
-        for p, s in zip(params, states):
-            p.requires_grad_(s)
-
-
-class TeacherOnPseudoMRI(nn.Module):
-    """CT -> generator -> pMRI -> teacher: lets nnU-Net's validation step measure the teacher on pMRI."""
-
-    def __init__(self, generator: nn.Module, teacher: nn.Module):
-        super().__init__()
-        self.generator, self.teacher = generator, teacher
-
-    def forward(self, ct):
-        return self.teacher(self.generator(ct))
 
 
 class nnUNetTrainerCMEDL(nnUNetTrainer):
@@ -71,14 +50,23 @@ class nnUNetTrainerCMEDL(nnUNetTrainer):
             raise NotImplementedError("nnUNetTrainerCMEDL does not support multi-GPU training (-num_gpus > 1) yet: "
                                       "the teacher and I2I networks are not wrapped in DDP. Train on one GPU.")
         # ---- CMEDL hyperparameters (where each default comes from) ----
-        self.lambda_adversarial = 1.0            # CycleGAN: adversarial terms weighted 1
+        self.i2i_method = 'cyclegan'             # CMEDL paper: CycleGAN or CUT (nnUNetTrainerCMEDL_CUT/_FastCUT)
+        self.lambda_adversarial = 1.0            # CycleGAN/CUT: adversarial terms weighted 1
         self.lambda_cycle = 10.0                 # CycleGAN's lambda for the L1 cycle loss
-        self.lambda_identity = 0.5               # CycleGAN: identity loss = 0.5 x lambda_cycle
+        # CycleGAN's identity term (0.5 x lambda_cycle when on) is off: it preserves intensities across domains
+        # (CycleGAN used it for photo<->painting colours), which CT -> MRI must not do, and it costs 2 of 6
+        # generator passes (H200, 3d_fullres: 7.2x -> 6.1x a plain nnU-Net iteration, docs/performance.md)
+        self.lambda_identity = 0.0
+        self.lambda_nce = 1.0                    # CUT: lambda_NCE 1 (FastCUT: 10)
+        self.nce_identity = True                 # CUT: NCE identity term on real MRI (FastCUT: off)
+        self.nce_patches = 256                   # CUT: 256 patches per layer
+        self.nce_mlp_features = 256              # CUT: 2-layer MLP heads, 256 units
+        self.nce_temperature = 0.07              # CUT: nce_T 0.07
         self.lambda_teacher_seg_on_generator = 1.0  # PSIGAN/CMEDL code: the teacher's seg loss on pMRI drives G too
         self.lambda_hint = 1.0                   # CMEDL: hint loss added to the student's loss with weight 1
         self.hint_decoder_stages = (-2, -1)      # CMEDL: the last two (highest-resolution) decoder stages
         self.hint_detach_teacher = True          # CMEDL: the informative teacher teaches, the hint moves the student
-        self.gan_initial_lr = 2e-4               # CycleGAN: Adam, lr 2e-4, betas (0.5, 0.999)
+        self.gan_initial_lr = 2e-4               # CycleGAN/CUT: Adam, lr 2e-4, betas (0.5, 0.999)
         self.gan_betas = (0.5, 0.999)
         self.gan_constant_lr_fraction = 0.5      # CycleGAN: constant lr for half the epochs, then linear decay to 0
         self.image_pool_size = 50                # CycleGAN: history of 50 generated images for the discriminators
@@ -92,18 +80,15 @@ class nnUNetTrainerCMEDL(nnUNetTrainer):
         self.save_snapshot_every = 10            # epochs between PNGs of CT / pMRI / MRI / label
 
         self.teacher = self.i2i = self.teacher_on_pseudo_mri = None
+        self.student_tap = self.teacher_tap = None
         self.optimizer_teacher = self.lr_scheduler_teacher = None
         self.optimizer_generators = self.lr_scheduler_generators = None
         self.optimizer_discriminators = self.lr_scheduler_discriminators = None
-        self.student_features = self.teacher_features = None
-        self.gan_loss = LSGANLoss()
-        self.pool_pseudo_mri = self.pool_fake_ct = None
-        # the student and teacher share nnU-Net's self.grad_scaler (one backward); the GAN steps have their own
-        self.grad_scaler_generators = GradScaler("cuda") if self.device.type == 'cuda' else None
+        # generators, teacher and student share nnU-Net's self.grad_scaler (one backward); the discriminators have
+        # their own
         self.grad_scaler_discriminators = GradScaler("cuda") if self.device.type == 'cuda' else None
         self.dataloader_mri = None
         self._snapshot_due, self._snapshot = False, None
-        self._register_log_keys()
 
     # ------------------------------------------------------------------ building
     def initialize(self):
@@ -111,33 +96,50 @@ class nnUNetTrainerCMEDL(nnUNetTrainer):
         self.teacher = self.build_network_architecture(
             self.plans_manager, self.configuration_manager, self.mri_num_channels,
             self.label_manager.num_segmentation_heads, self.enable_deep_supervision).to(self.device)
-        self.i2i = CycleGAN(I2IArchitecture.from_configuration(self.configuration_manager), **self.i2i_kwargs()
-                            ).to(self.device)
-        self.teacher_on_pseudo_mri = TeacherOnPseudoMRI(self.i2i.ct_to_mri, self.teacher)
-        self.student_features = FeatureRecorder(self.hint_layers(self.network))
-        self.teacher_features = FeatureRecorder(self.hint_layers(self.teacher))
-        self.pool_pseudo_mri = ImagePool(self.image_pool_size)
-        self.pool_fake_ct = ImagePool(self.image_pool_size)
+        self.i2i = build_i2i(self.i2i_method, I2IArchitecture.from_configuration(self.configuration_manager),
+                             **self.i2i_kwargs()).to(self.device)
+        self.teacher_on_pseudo_mri = TeacherOnPseudoMRI(self.i2i.generator, self.teacher)
+        self.student_tap = self.build_feature_tap(self.network)
+        self.teacher_tap = self.build_feature_tap(self.teacher)
         self.configure_cmedl_optimizers()
+        self._register_log_keys()
+        if self._do_i_compile():
+            self.compile_cmedl_networks()
 
     def i2i_kwargs(self) -> dict:
-        return dict(ct_channels=self.num_input_channels, mri_channels=self.mri_num_channels,
-                    generator_features=self.generator_features, num_downsamplings=self.generator_downsamplings,
-                    num_res_blocks=self.generator_res_blocks, discriminator_features=self.discriminator_features,
-                    discriminator_layers=self.discriminator_layers)
+        """The I2I method's constructor arguments (saved in the checkpoint as ``cmedl_i2i_kwargs``)."""
+        kwargs = dict(ct_channels=self.num_input_channels, mri_channels=self.mri_num_channels,
+                      generator_features=self.generator_features, num_downsamplings=self.generator_downsamplings,
+                      num_res_blocks=self.generator_res_blocks, discriminator_features=self.discriminator_features,
+                      discriminator_layers=self.discriminator_layers, lambda_adversarial=self.lambda_adversarial)
+        if self.i2i_method == 'cyclegan':
+            kwargs.update(lambda_cycle=self.lambda_cycle, lambda_identity=self.lambda_identity,
+                          image_pool_size=self.image_pool_size)
+        elif self.i2i_method == 'cut':
+            kwargs.update(lambda_nce=self.lambda_nce, nce_identity=self.nce_identity, nce_patches=self.nce_patches,
+                          nce_mlp_features=self.nce_mlp_features, nce_temperature=self.nce_temperature)
+        return kwargs
 
-    def hint_layers(self, network: nn.Module) -> List[nn.Module]:
-        stages = decoder_stages(network)
-        return [stages[i] for i in resolve_stage_indices(len(stages), self.hint_decoder_stages)]
+    def build_feature_tap(self, network: nn.Module) -> nn.Module:
+        """``tap(x) -> (output, hinted decoder features)``; override for networks other than nnU-Net's U-Nets."""
+        return DecoderFeatureTap(network, self.hint_decoder_stages)
+
+    def compile_cmedl_networks(self, **compile_kwargs):
+        """Where nnU-Net compiles the student, compile the rest too: the feature taps the training step runs, the
+        teacher (validation on pMRI) and the I2I networks; in place, so state-dict keys stay as they are."""
+        self.print_to_log_file('Using torch.compile for the teacher, the I2I networks and the feature taps...')
+        for module in (self.student_tap, self.teacher_tap, self.teacher):
+            module.compile(**compile_kwargs)
+        self.i2i.compile_networks(**compile_kwargs)
 
     def configure_cmedl_optimizers(self):
         """The teacher like nnU-Net's student (SGD + PolyLR); the GAN part like CycleGAN (Adam, constant-then-linear)."""
         self.optimizer_teacher = torch.optim.SGD(self.teacher.parameters(), self.initial_lr,
                                                  weight_decay=self.weight_decay, momentum=0.99, nesterov=True)
         self.lr_scheduler_teacher = PolyLRScheduler(self.optimizer_teacher, self.initial_lr, self.num_epochs)
-        self.optimizer_generators = torch.optim.Adam(self.i2i.generators.parameters(), self.gan_initial_lr,
+        self.optimizer_generators = torch.optim.Adam(self.i2i.generator_parameters(), self.gan_initial_lr,
                                                      betas=self.gan_betas)
-        self.optimizer_discriminators = torch.optim.Adam(self.i2i.discriminators.parameters(), self.gan_initial_lr,
+        self.optimizer_discriminators = torch.optim.Adam(self.i2i.discriminator_parameters(), self.gan_initial_lr,
                                                          betas=self.gan_betas)
         self.lr_scheduler_generators = ConstantThenLinearDecayLR(
             self.optimizer_generators, self.gan_initial_lr, self.num_epochs, self.gan_constant_lr_fraction)
@@ -149,69 +151,39 @@ class nnUNetTrainerCMEDL(nnUNetTrainer):
         ct, target = self._batch_to_device(batch)
         mri = next(self.dataloader_mri)['data'].to(self.device, non_blocking=True)
 
-        # 1. generators: adversarial + cycle + identity, plus the teacher's segmentation of the pseudo-MRI
+        # 1-4. one forward of each network: pMRI = G(CT) with the I2I's generator losses; the teacher on pMRI, whose
+        # loss trains the teacher and (weighted lambda_teacher_seg_on_generator) the generator; the student on CT;
+        # the hint pulling the student's decoder features toward the teacher's
         with self._autocast():
-            pseudo_mri = self.i2i.ct_to_mri(ct)  # computed once, reused by every step below
-            g = self.generator_losses(ct, mri, pseudo_mri, target)
-            loss_generators = (self.lambda_adversarial * g['G_adversarial'] + self.lambda_cycle * g['G_cycle']
-                               + self.lambda_identity * self.lambda_cycle * g['G_identity']
-                               + self.lambda_teacher_seg_on_generator * g['G_teacher_seg'])
-        self._optimize(loss_generators, [self.optimizer_generators], self.grad_scaler_generators,
-                       [self.i2i.generators])
-
-        # 2. discriminators: real vs. pooled fake, one per domain
-        with self._autocast():
-            loss_discriminators = self.discriminator_loss(ct, mri, pseudo_mri.detach(), g['fake_ct'].detach())
-        self._optimize(loss_discriminators, [self.optimizer_discriminators], self.grad_scaler_discriminators,
-                       [self.i2i.discriminators])
-
-        # 3 + 4. teacher on pMRI, student on CT; the hint pulls the student's decoder features to the teacher's
-        with self._autocast():
-            with self.teacher_features.recording() as teacher_features:
-                output_teacher = self.teacher(pseudo_mri.detach())
-            with self.student_features.recording() as student_features:
-                output_student = self.network(ct)
+            i2i = self.i2i.generator_pass(ct, mri)
+            output_teacher, teacher_features = self.teacher_tap(
+                scale_gradient(i2i.pseudo_mri, self.lambda_teacher_seg_on_generator))
+            output_student, student_features = self.student_tap(ct)
             loss_teacher = self.loss(output_teacher, target)
             loss_student = self.loss(output_student, target)
             loss_hint = hint_loss(student_features, teacher_features, detach_teacher=self.hint_detach_teacher)
-            loss_segmentation = loss_teacher + loss_student + self.lambda_hint * loss_hint
-        self._optimize(loss_segmentation, [self.optimizer_teacher, self.optimizer], self.grad_scaler,
-                       [self.teacher, self.network])
+            loss = i2i.loss + loss_teacher + loss_student + self.lambda_hint * loss_hint
+        self._optimize(loss, [self.optimizer_generators, self.optimizer_teacher, self.optimizer], self.grad_scaler,
+                       [self.i2i.generator_parameters(), self.teacher.parameters(), self.network.parameters()])
+
+        # 5. discriminators: real vs. fake (CycleGAN: pooled fakes)
+        with self._autocast():
+            loss_discriminators = self.i2i.discriminator_loss(ct, mri, i2i.fakes)
+        self._optimize(loss_discriminators, [self.optimizer_discriminators], self.grad_scaler_discriminators,
+                       [self.i2i.discriminator_parameters()])
 
         if self._snapshot_due:
-            self._snapshot = figures.snapshot_arrays(ct, pseudo_mri, mri, target)
+            self._snapshot = figures.snapshot_arrays(ct, i2i.pseudo_mri, mri, target)
             self._snapshot_due = False
-        losses = {k: v for k, v in g.items() if k in TRAIN_LOSS_NAMES}
-        losses.update(D=loss_discriminators, teacher_seg=loss_teacher, student_seg=loss_student, hint=loss_hint)
         # 'loss' is the student's segmentation loss: nnU-Net's train_losses stay comparable with a plain nnU-Net
-        return {'loss': loss_student.detach().cpu().numpy(),
-                **{k: v.detach().float().cpu().numpy() for k, v in losses.items()}}
+        logged = {'loss': loss_student, **{'G_' + k: v for k, v in i2i.terms.items()}, 'D': loss_discriminators,
+                  'teacher_seg': loss_teacher, 'student_seg': loss_student, 'hint': loss_hint}
+        values = torch.stack([v.detach().float() for v in logged.values()]).cpu().numpy()  # one device sync
+        return dict(zip(logged, values))
 
-    def generator_losses(self, ct, mri, pseudo_mri, target) -> dict:
-        """CycleGAN's generator losses (unweighted) and the teacher's segmentation loss on the pseudo-MRI."""
-        to_mri, to_ct = self.i2i.ct_to_mri, self.i2i.mri_to_ct
-        fake_ct = to_ct(mri)
-        with frozen(self.i2i.discriminators, self.teacher):  # they are judges here, updated in their own steps
-            adversarial = (self.gan_loss(self.i2i.discriminator_mri(pseudo_mri), True)
-                           + self.gan_loss(self.i2i.discriminator_ct(fake_ct), True))
-            teacher_seg = self.loss(self.teacher(pseudo_mri), target)
-        cycle = nn.functional.l1_loss(to_ct(pseudo_mri), ct) + nn.functional.l1_loss(to_mri(fake_ct), mri)
-        if self.lambda_identity > 0 and ct.shape[1] == mri.shape[1]:
-            identity = nn.functional.l1_loss(to_mri(mri), mri) + nn.functional.l1_loss(to_ct(ct), ct)
-        else:  # identity needs equal channel counts (multi-channel CT has no MRI-shaped identity)
-            identity = torch.zeros((), device=ct.device)
-        return {'G_adversarial': adversarial, 'G_cycle': cycle, 'G_identity': identity, 'G_teacher_seg': teacher_seg,
-                'fake_ct': fake_ct}
-
-    def discriminator_loss(self, ct, mri, pseudo_mri, fake_ct) -> torch.Tensor:
-        """LSGAN discriminator loss, 0.5 x (real + fake) per domain, fakes drawn through the image pools."""
-        d_mri, d_ct = self.i2i.discriminator_mri, self.i2i.discriminator_ct
-        loss_mri = self.gan_loss(d_mri(mri), True) + self.gan_loss(d_mri(self.pool_pseudo_mri.query(pseudo_mri)), False)
-        loss_ct = self.gan_loss(d_ct(ct), True) + self.gan_loss(d_ct(self.pool_fake_ct.query(fake_ct)), False)
-        return 0.5 * (loss_mri + loss_ct)
-
-    def _optimize(self, loss, optimizers, grad_scaler, modules) -> None:
-        """Backward, nnU-Net's gradient clipping per network, step; with AMP's grad scaler on CUDA."""
+    def _optimize(self, loss, optimizers, grad_scaler, parameter_groups) -> None:
+        """Backward, nnU-Net's gradient clipping per network, step; with AMP's grad scaler on CUDA (one scaler may
+        serve several optimizers: each skips its step on non-finite gradients of its own)."""
         for o in optimizers:
             o.zero_grad(set_to_none=True)
         if grad_scaler is None:
@@ -220,8 +192,8 @@ class nnUNetTrainerCMEDL(nnUNetTrainer):
             grad_scaler.scale(loss).backward()
             for o in optimizers:
                 grad_scaler.unscale_(o)
-        for m in modules:
-            torch.nn.utils.clip_grad_norm_(m.parameters(), self.grad_clip_norm)
+        for params in parameter_groups:
+            torch.nn.utils.clip_grad_norm_(list(params), self.grad_clip_norm)
         for o in optimizers:
             (o.step() if grad_scaler is None else grad_scaler.step(o))
         if grad_scaler is not None:
@@ -264,7 +236,7 @@ class nnUNetTrainerCMEDL(nnUNetTrainer):
     def on_train_epoch_end(self, train_outputs: List[dict]):
         super().on_train_epoch_end(train_outputs)
         collated = collate_outputs(train_outputs)
-        for name in TRAIN_LOSS_NAMES:
+        for name in self.train_loss_names():
             self.logger.log('cmedl_' + name, float(np.mean(collated[name])), self.current_epoch)
 
     def on_validation_epoch_start(self):
@@ -307,8 +279,11 @@ class nnUNetTrainerCMEDL(nnUNetTrainer):
         shortest list: register ours, and pad lists missing from older checkpoints with NaN."""
         logs = self.logger.local_logger.my_fantastic_logging
         epochs = len(logs.get('train_losses', []))
-        for name in TRAIN_LOSS_NAMES + VAL_LOG_NAMES:
+        for name in self.train_loss_names() + VAL_LOG_NAMES:
             logs.setdefault('cmedl_' + name, [float('nan')] * epochs)
+
+    def train_loss_names(self) -> tuple:
+        return tuple('G_' + n for n in I2I_METHODS[self.i2i_method].loss_names) + SEGMENTATION_LOSS_NAMES
 
     # ------------------------------------------------------------------ checkpoints
     def save_checkpoint(self, filename: str) -> None:
@@ -330,14 +305,14 @@ class nnUNetTrainerCMEDL(nnUNetTrainer):
             'inference_allowed_mirroring_axes': self.inference_allowed_mirroring_axes,
             # CMEDL's other parts
             'cmedl_teacher_weights': unwrap(self.teacher).state_dict(),
+            'cmedl_i2i_method': self.i2i_method,
             'cmedl_i2i_weights': self.i2i.state_dict(),
             'cmedl_i2i_kwargs': self.i2i_kwargs(),
+            'cmedl_i2i_state': self.i2i.extra_state(),
             'cmedl_optimizer_states': {k: o.state_dict() for k, o in self._cmedl_optimizers().items()},
             'cmedl_lr_scheduler_states': {k: s.state_dict() for k, s in self._cmedl_lr_schedulers().items()},
             'cmedl_grad_scaler_states': {k: (s.state_dict() if s is not None else None)
                                          for k, s in self._cmedl_grad_scalers().items()},
-            'cmedl_image_pools': {'pseudo_mri': self.pool_pseudo_mri.state_dict(),
-                                  'fake_ct': self.pool_fake_ct.state_dict()},
         }
         tmp = atomic_temp_path(filename)  # a killed run never leaves a truncated checkpoint under the real name
         torch.save(checkpoint, tmp)
@@ -367,6 +342,10 @@ class nnUNetTrainerCMEDL(nnUNetTrainer):
             raise RuntimeError(f"{filename_or_checkpoint if isinstance(filename_or_checkpoint, str) else 'checkpoint'}"
                                f": not a CMEDL checkpoint (no teacher/I2I weights); it was written by "
                                f"{checkpoint.get('trainer_name')}")
+        method = checkpoint.get('cmedl_i2i_method', 'cyclegan')
+        if method != self.i2i_method:
+            raise RuntimeError(f"{filename_or_checkpoint if isinstance(filename_or_checkpoint, str) else 'checkpoint'}"
+                               f": its I2I method is {method}, this trainer's is {self.i2i_method}")
         unwrap(self.teacher).load_state_dict(checkpoint['cmedl_teacher_weights'])
         self.i2i.load_state_dict(checkpoint['cmedl_i2i_weights'])
         for k, o in self._cmedl_optimizers().items():
@@ -377,8 +356,9 @@ class nnUNetTrainerCMEDL(nnUNetTrainer):
             state = checkpoint['cmedl_grad_scaler_states'].get(k)
             if s is not None and state is not None:
                 s.load_state_dict(state)
-        self.pool_pseudo_mri.load_state_dict(checkpoint['cmedl_image_pools']['pseudo_mri'], self.device)
-        self.pool_fake_ct.load_state_dict(checkpoint['cmedl_image_pools']['fake_ct'], self.device)
+        # checkpoints of nnunet-cmedl 0.1 kept CycleGAN's image pools under 'cmedl_image_pools'
+        self.i2i.load_extra_state(checkpoint['cmedl_i2i_state'] if 'cmedl_i2i_state' in checkpoint
+                                  else {'image_pools': checkpoint['cmedl_image_pools']}, self.device)
 
     def _cmedl_optimizers(self) -> dict:
         return {'teacher': self.optimizer_teacher, 'generators': self.optimizer_generators,
@@ -389,4 +369,4 @@ class nnUNetTrainerCMEDL(nnUNetTrainer):
                 'discriminators': self.lr_scheduler_discriminators}
 
     def _cmedl_grad_scalers(self) -> dict:
-        return {'generators': self.grad_scaler_generators, 'discriminators': self.grad_scaler_discriminators}
+        return {'discriminators': self.grad_scaler_discriminators}

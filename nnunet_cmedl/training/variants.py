@@ -16,6 +16,25 @@ class nnUNetTrainerCMEDL_5epochs(nnUNetTrainerCMEDL):
         self.num_epochs = 5
 
 
+class nnUNetTrainerCMEDL_CUT(nnUNetTrainerCMEDL):
+    """CMEDL with CUT as the I2I method (the paper's second one): lambda_NCE 1 with the NCE identity term."""
+
+    def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
+                 device: torch.device = torch.device('cuda')):
+        super().__init__(plans, configuration, fold, dataset_json, device)
+        self.i2i_method = 'cut'
+
+
+class nnUNetTrainerCMEDL_FastCUT(nnUNetTrainerCMEDL_CUT):
+    """CMEDL with FastCUT: lambda_NCE 10, no NCE identity term (one generator pass plus one encoder half)."""
+
+    def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
+                 device: torch.device = torch.device('cuda')):
+        super().__init__(plans, configuration, fold, dataset_json, device)
+        self.lambda_nce = 10.0
+        self.nce_identity = False
+
+
 class nnUNetTrainerCMEDL_hintBothWays(nnUNetTrainerCMEDL):
     """The hint also moves the teacher toward the student (the paper's default keeps the teacher detached)."""
 
@@ -46,6 +65,8 @@ class TinyCMEDLMixin:
         self.discriminator_features = 4
         self.discriminator_layers = 2
         self.image_pool_size = 4
+        self.nce_patches = 16
+        self.nce_mlp_features = 8
         self.save_snapshot_every = 1
         self.save_every = 1
 
@@ -54,6 +75,20 @@ class nnUNetTrainerCMEDL_tinyCPU(TinyCMEDLMixin, nnUNetTrainerCMEDL):
     """For tests: 2 epochs of 2 iterations with tiny I2I networks. Pair it with a small configuration in the plans
     (``nnunet_cmedl add-small-config``) so that the segmentation networks are small too."""
 
+    def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
+                 device: torch.device = torch.device('cuda')):
+        super().__init__(plans, configuration, fold, dataset_json, device)
+        self.make_tiny()
+
+
+class nnUNetTrainerCMEDL_CUT_tinyCPU(TinyCMEDLMixin, nnUNetTrainerCMEDL_CUT):
+    def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
+                 device: torch.device = torch.device('cuda')):
+        super().__init__(plans, configuration, fold, dataset_json, device)
+        self.make_tiny()
+
+
+class nnUNetTrainerCMEDL_FastCUT_tinyCPU(TinyCMEDLMixin, nnUNetTrainerCMEDL_FastCUT):
     def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
                  device: torch.device = torch.device('cuda')):
         super().__init__(plans, configuration, fold, dataset_json, device)
