@@ -1,7 +1,6 @@
 """Fast CMEDL: CUT/FastCUT as I2I methods, one teacher pass for two gradients, features that survive compile."""
 import functools
 import itertools
-import json
 from pathlib import Path
 
 import numpy as np

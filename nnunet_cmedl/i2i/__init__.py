@@ -8,6 +8,7 @@ from nnunet_cmedl.i2i.cut import CUT
 from nnunet_cmedl.i2i.cyclegan import CycleGAN
 
 I2I_METHODS = {"cyclegan": CycleGAN, "cut": CUT}
+__all__ = ["CUT", "CycleGAN", "GeneratorPass", "I2IMethod", "I2I_METHODS", "build_i2i"]
 
 
 def build_i2i(method: str, arch, **kwargs) -> I2IMethod:

@@ -24,12 +24,15 @@ class CUT(I2IMethod):
 
     def __init__(self, arch: I2IArchitecture, ct_channels: int, mri_channels: int = 1, generator_features: int = 32,
                  num_downsamplings: int = 2, num_res_blocks: int = 6, discriminator_features: int = 64,
-                 discriminator_layers: int = 3, lambda_adversarial: float = 1.0, lambda_nce: float = 1.0,
+                 discriminator_layers: int = 3, padding_mode: str = "replicate", strided_stem: bool = False,
+                 lambda_adversarial: float = 1.0, lambda_nce: float = 1.0,
                  nce_identity: bool = True, nce_patches: int = 256, nce_mlp_features: int = 256,
                  nce_temperature: float = 0.07):
         super().__init__()
+        arch = arch.with_padding(padding_mode)
         self.ct_to_mri = ResnetGenerator(arch, ct_channels, mri_channels, base_features=generator_features,
-                                         num_downsamplings=num_downsamplings, num_res_blocks=num_res_blocks)
+                                         num_downsamplings=num_downsamplings, num_res_blocks=num_res_blocks,
+                                         strided_stem=strided_stem)
         self.discriminator_mri = PatchGANDiscriminator(arch, mri_channels, base_features=discriminator_features,
                                                        num_layers=discriminator_layers)
         self.apply(init_weights_normal)

@@ -18,11 +18,13 @@ class CycleGAN(I2IMethod):
 
     def __init__(self, arch: I2IArchitecture, ct_channels: int, mri_channels: int = 1, generator_features: int = 32,
                  num_downsamplings: int = 2, num_res_blocks: int = 6, discriminator_features: int = 64,
-                 discriminator_layers: int = 3, lambda_adversarial: float = 1.0, lambda_cycle: float = 10.0,
+                 discriminator_layers: int = 3, padding_mode: str = "replicate", strided_stem: bool = False,
+                 lambda_adversarial: float = 1.0, lambda_cycle: float = 10.0,
                  lambda_identity: float = 0.0, image_pool_size: int = 50):
         super().__init__()
+        arch = arch.with_padding(padding_mode)
         gen = dict(base_features=generator_features, num_downsamplings=num_downsamplings,
-                   num_res_blocks=num_res_blocks)
+                   num_res_blocks=num_res_blocks, strided_stem=strided_stem)
         self.ct_to_mri = ResnetGenerator(arch, ct_channels, mri_channels, **gen)
         self.mri_to_ct = ResnetGenerator(arch, mri_channels, ct_channels, **gen)
         disc = dict(base_features=discriminator_features, num_layers=discriminator_layers)

@@ -10,8 +10,13 @@ Departures from the CycleGAN reference, and why:
   z-scored per image) are not bounded to [-1, 1];
 - kernels are the plans' (3 or 1 per axis) rather than 7x7 stems, and up-sampling is a transposed conv with
   kernel == stride: cheap in 3d and shape-exact for every stride pattern;
-- replicate padding (CycleGAN: reflect) because reflect padding fails on axes of size 1.
+- padding is the trainer's choice (``i2i_padding_mode``): zeros like nnU-Net's own convs (no padded copy of every
+  activation), or replicate (CycleGAN: reflect, which fails on axes of size 1; nnunet-cmedl 0.1 used replicate);
+- ``strided_stem``: the first conv already takes the first down-sampling stride of the plans and the last layer is a
+  transposed conv back to full resolution (a learned depth-to-space), so no layer with many channels runs at full
+  resolution: the generator works one resolution stage lower.
 """
+import dataclasses
 import pydoc
 from dataclasses import dataclass
 from typing import List, Sequence, Type
@@ -27,6 +32,10 @@ class I2IArchitecture:
     norm_op: Type[nn.Module]
     kernel_sizes: List[List[int]]      # one per resolution stage, from the plans
     strides: List[List[int]]           # stride into each stage, from the plans (strides[0] is all ones)
+    padding_mode: str = "replicate"    # of every conv ("zeros", "replicate")
+
+    def with_padding(self, padding_mode: str) -> "I2IArchitecture":
+        return dataclasses.replace(self, padding_mode=padding_mode)
 
     @classmethod
     def from_configuration(cls, configuration_manager) -> "I2IArchitecture":
@@ -56,7 +65,7 @@ class ConvNormAct(nn.Sequential):
     def __init__(self, arch: I2IArchitecture, in_ch: int, out_ch: int, kernel_size, stride=1, norm: bool = True,
                  act: nn.Module = None):
         layers = [arch.conv_op(in_ch, out_ch, kernel_size, stride, padding=same_padding(kernel_size),
-                               padding_mode="replicate", bias=not norm)]
+                               padding_mode=arch.padding_mode, bias=not norm)]
         if norm:
             layers.append(arch.norm_op(out_ch, affine=True))
         layers.append(act if act is not None else nn.ReLU(inplace=True))
@@ -69,7 +78,7 @@ class ResnetBlock(nn.Module):
         self.block = nn.Sequential(
             ConvNormAct(arch, channels, channels, kernel_size),
             arch.conv_op(channels, channels, kernel_size, padding=same_padding(kernel_size),
-                         padding_mode="replicate", bias=False),
+                         padding_mode=arch.padding_mode, bias=False),
             arch.norm_op(channels, affine=True))
 
     def forward(self, x):
@@ -85,24 +94,31 @@ class ResnetGenerator(nn.Module):
     """
 
     def __init__(self, arch: I2IArchitecture, in_channels: int, out_channels: int, base_features: int = 32,
-                 num_downsamplings: int = 2, num_res_blocks: int = 6, max_features: int = 256):
+                 num_downsamplings: int = 2, num_res_blocks: int = 6, max_features: int = 256,
+                 strided_stem: bool = False):
         super().__init__()
-        stem_kernel, _ = arch.stage(0)
+        first = 1 if strided_stem else 0  # the plans' stage the stem works at
+        # no more down-sampling than the plans have stages: every stride then keeps the patch divisible
+        num_downsamplings = min(num_downsamplings, len(arch.strides) - 1 - first)
+        stem_kernel, stem_stride = arch.stage(first)
         self.num_downsamplings, self.num_res_blocks = num_downsamplings, num_res_blocks
         self.features = [min(base_features * 2 ** i, max_features) for i in range(num_downsamplings + 1)]
         features = self.features
-        layers: List[nn.Module] = [ConvNormAct(arch, in_channels, features[0], stem_kernel)]
+        layers: List[nn.Module] = [ConvNormAct(arch, in_channels, features[0], stem_kernel, stem_stride)]
         for i in range(num_downsamplings):
-            kernel, stride = arch.stage(i + 1)
+            kernel, stride = arch.stage(first + i + 1)
             layers.append(ConvNormAct(arch, features[i], features[i + 1], kernel, stride))
-        bottleneck_kernel, _ = arch.stage(num_downsamplings)
+        bottleneck_kernel, _ = arch.stage(first + num_downsamplings)
         layers += [ResnetBlock(arch, features[-1], bottleneck_kernel) for _ in range(num_res_blocks)]
         for i in reversed(range(num_downsamplings)):
-            _, stride = arch.stage(i + 1)
+            _, stride = arch.stage(first + i + 1)
             layers += [arch.transposed_conv_op(features[i + 1], features[i], stride, stride, bias=False),
                        arch.norm_op(features[i], affine=True), nn.ReLU(inplace=True)]
-        layers.append(arch.conv_op(features[0], out_channels, stem_kernel, padding=same_padding(stem_kernel),
-                                   padding_mode="replicate"))
+        if strided_stem:  # back to full resolution: each voxel a learned linear map of its stage-1 features
+            layers.append(arch.transposed_conv_op(features[0], out_channels, stem_stride, stem_stride))
+        else:
+            layers.append(arch.conv_op(features[0], out_channels, stem_kernel, padding=same_padding(stem_kernel),
+                                       padding_mode=arch.padding_mode))
         self.model = nn.Sequential(*layers)
         self.in_channels = in_channels
 

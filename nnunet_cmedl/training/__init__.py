@@ -3,14 +3,19 @@ from nnunet_cmedl.training.nnUNetTrainerCMEDL import nnUNetTrainerCMEDL
 from nnunet_cmedl.training.variants import (nnUNetTrainer_cpuBudget, nnUNetTrainer_tinyCPU,
                                             nnUNetTrainerCMEDL_5epochs, nnUNetTrainerCMEDL_100epochs,
                                             nnUNetTrainerCMEDL_cpuBudget, nnUNetTrainerCMEDL_CUT,
+                                            nnUNetTrainerCMEDL_CUT_cpuBudget, nnUNetTrainerCMEDL_FastCUT_cpuBudget,
                                             nnUNetTrainerCMEDL_CUT_tinyCPU, nnUNetTrainerCMEDL_FastCUT,
                                             nnUNetTrainerCMEDL_FastCUT_tinyCPU, nnUNetTrainerCMEDL_hintBothWays,
+                                            nnUNetTrainerCMEDL_identity, nnUNetTrainerCMEDL_stridedStem,
+                                            nnUNetTrainerCMEDL_identity_cpuBudget,
+                                            nnUNetTrainerCMEDL_stridedStem_cpuBudget,
                                             nnUNetTrainerCMEDL_noHint, nnUNetTrainerCMEDL_noHint_100epochs,
                                             nnUNetTrainerCMEDL_noHint_cpuBudget, nnUNetTrainerCMEDL_tinyCPU)
 
 __all__ = ["nnUNetTrainerCMEDL", "nnUNetTrainerCMEDL_5epochs", "nnUNetTrainerCMEDL_100epochs",
            "nnUNetTrainerCMEDL_CUT", "nnUNetTrainerCMEDL_FastCUT", "nnUNetTrainerCMEDL_CUT_tinyCPU",
-           "nnUNetTrainerCMEDL_FastCUT_tinyCPU",
-           "nnUNetTrainerCMEDL_hintBothWays", "nnUNetTrainerCMEDL_noHint", "nnUNetTrainerCMEDL_noHint_100epochs",
+           "nnUNetTrainerCMEDL_FastCUT_tinyCPU", "nnUNetTrainerCMEDL_CUT_cpuBudget", "nnUNetTrainerCMEDL_FastCUT_cpuBudget",
+           "nnUNetTrainerCMEDL_hintBothWays", "nnUNetTrainerCMEDL_identity", "nnUNetTrainerCMEDL_stridedStem",
+           "nnUNetTrainerCMEDL_identity_cpuBudget", "nnUNetTrainerCMEDL_stridedStem_cpuBudget", "nnUNetTrainerCMEDL_noHint", "nnUNetTrainerCMEDL_noHint_100epochs",
            "nnUNetTrainerCMEDL_noHint_cpuBudget", "nnUNetTrainerCMEDL_tinyCPU", "nnUNetTrainerCMEDL_cpuBudget",
            "nnUNetTrainer_tinyCPU", "nnUNetTrainer_cpuBudget"]

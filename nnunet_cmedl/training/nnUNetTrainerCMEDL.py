@@ -75,6 +75,8 @@ class nnUNetTrainerCMEDL(nnUNetTrainer):
         self.generator_res_blocks = 6            # CycleGAN: 6 blocks for 128-px inputs
         self.discriminator_features = 64         # CycleGAN: ndf 64
         self.discriminator_layers = 3            # CycleGAN: 70x70 PatchGAN (3 layers)
+        self.i2i_padding_mode = 'zeros'          # nnU-Net's convs pad with zeros (CycleGAN: reflect; 0.1: replicate)
+        self.generator_strided_stem = False      # True: the generators work one resolution stage lower (networks.py)
         self.mri_num_channels = 1                # one T2w MRI channel
         self.grad_clip_norm = 12.0               # nnU-Net's gradient clipping, applied to every network
         self.save_snapshot_every = 10            # epochs between PNGs of CT / pMRI / MRI / label
@@ -111,7 +113,8 @@ class nnUNetTrainerCMEDL(nnUNetTrainer):
         kwargs = dict(ct_channels=self.num_input_channels, mri_channels=self.mri_num_channels,
                       generator_features=self.generator_features, num_downsamplings=self.generator_downsamplings,
                       num_res_blocks=self.generator_res_blocks, discriminator_features=self.discriminator_features,
-                      discriminator_layers=self.discriminator_layers, lambda_adversarial=self.lambda_adversarial)
+                      discriminator_layers=self.discriminator_layers, padding_mode=self.i2i_padding_mode,
+                      strided_stem=self.generator_strided_stem, lambda_adversarial=self.lambda_adversarial)
         if self.i2i_method == 'cyclegan':
             kwargs.update(lambda_cycle=self.lambda_cycle, lambda_identity=self.lambda_identity,
                           image_pool_size=self.image_pool_size)

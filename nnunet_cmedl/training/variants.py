@@ -35,8 +35,27 @@ class nnUNetTrainerCMEDL_FastCUT(nnUNetTrainerCMEDL_CUT):
         self.nce_identity = False
 
 
+class nnUNetTrainerCMEDL_stridedStem(nnUNetTrainerCMEDL):
+    """Generators one resolution stage lower: strided first conv, transposed conv back (i2i/networks.py)."""
+
+    def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
+                 device: torch.device = torch.device('cuda')):
+        super().__init__(plans, configuration, fold, dataset_json, device)
+        self.generator_strided_stem = True
+
+
+class nnUNetTrainerCMEDL_identity(nnUNetTrainerCMEDL):
+    """CycleGAN's identity terms on (0.5 x lambda_cycle, 6 generator passes per iteration instead of 4)."""
+
+    def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
+                 device: torch.device = torch.device('cuda')):
+        super().__init__(plans, configuration, fold, dataset_json, device)
+        self.lambda_identity = 0.5
+
+
 class nnUNetTrainerCMEDL_hintBothWays(nnUNetTrainerCMEDL):
-    """The hint also moves the teacher toward the student (the paper's default keeps the teacher detached)."""
+    """The hint also moves the teacher toward the student (the paper's default keeps the teacher detached); since the
+    teacher, generator and student share one backward, it also reaches the generator through the pseudo-MRI."""
 
     def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
                  device: torch.device = torch.device('cuda')):
@@ -117,15 +136,48 @@ class CPUBudgetMixin:
         self.save_every = 5
 
 
-class nnUNetTrainerCMEDL_cpuBudget(CPUBudgetMixin, nnUNetTrainerCMEDL):
-    def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
-                 device: torch.device = torch.device('cuda')):
-        super().__init__(plans, configuration, fold, dataset_json, device)
-        self.apply_budget()
+class CMEDLCPUBudgetMixin(CPUBudgetMixin):
+    def apply_budget(self):
+        super().apply_budget()
         self.generator_features = 16  # the CPU budget cannot afford CycleGAN-sized generators
         self.generator_res_blocks = 3
         self.discriminator_features = 32
         self.save_snapshot_every = 10
+
+
+class nnUNetTrainerCMEDL_cpuBudget(CMEDLCPUBudgetMixin, nnUNetTrainerCMEDL):
+    def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
+                 device: torch.device = torch.device('cuda')):
+        super().__init__(plans, configuration, fold, dataset_json, device)
+        self.apply_budget()
+
+
+class nnUNetTrainerCMEDL_CUT_cpuBudget(CMEDLCPUBudgetMixin, nnUNetTrainerCMEDL_CUT):
+    def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
+                 device: torch.device = torch.device('cuda')):
+        super().__init__(plans, configuration, fold, dataset_json, device)
+        self.apply_budget()
+
+
+class nnUNetTrainerCMEDL_FastCUT_cpuBudget(CMEDLCPUBudgetMixin, nnUNetTrainerCMEDL_FastCUT):
+    def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
+                 device: torch.device = torch.device('cuda')):
+        super().__init__(plans, configuration, fold, dataset_json, device)
+        self.apply_budget()
+
+
+class nnUNetTrainerCMEDL_identity_cpuBudget(nnUNetTrainerCMEDL_cpuBudget):
+    def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
+                 device: torch.device = torch.device('cuda')):
+        super().__init__(plans, configuration, fold, dataset_json, device)
+        self.lambda_identity = 0.5
+
+
+class nnUNetTrainerCMEDL_stridedStem_cpuBudget(nnUNetTrainerCMEDL_cpuBudget):
+    def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
+                 device: torch.device = torch.device('cuda')):
+        super().__init__(plans, configuration, fold, dataset_json, device)
+        self.generator_strided_stem = True
 
 
 class nnUNetTrainer_cpuBudget(CPUBudgetMixin, nnUNetTrainer):
