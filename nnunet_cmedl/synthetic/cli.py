@@ -5,6 +5,7 @@ import os
 from pathlib import Path
 
 from nnunet_cmedl.errors import UserInputError
+from nnunet_cmedl.synthetic.phantom import HARD_CT_SIGNALS
 
 DESCRIPTION = """\
 Write a synthetic thorax CT dataset in nnU-Net's raw layout, plus unpaired T2w-like MRI volumes of other patients.
@@ -13,7 +14,9 @@ The data is built so that CMEDL has something to show. Each CT case has 1-3 tumo
   easy  ("lung")        in the lung parenchyma, ~35 HU against ~-800 HU lung;
   hard  ("mediastinal") abutting the mediastinum with a mean within 4 HU of it, its lung side against
                         collapsed lung (atelectasis) and half of them against a vessel, all of nearly the same HU:
-                        the CT boundary is ambiguous, only a faint internal texture (a few HU) remains.
+                        the CT boundary is ambiguous, only a faint internal texture (a few HU) remains; with
+                        --hard-ct-signal enhancing-atelectasis (default) the collapsed lung enhances 10-25 HU
+                        more than the tumour (about one noise sd): a subtle edge on the lung side only.
 Every case has at least one hard tumour; about half of all tumours are hard. In the MRI (different patients,
 own grid, bias field, Rician noise) tumours are bright against an intermediate mediastinum and collapsed lung.
 phantom_metadata.json lists every tumour (location, size, measured CT contrast, neighbours) for an easy/hard
@@ -38,6 +41,8 @@ def main(argv=None) -> int:
     p.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
     p.add_argument("--mri-out", help="folder for the unpaired MRI (default: <dataset folder>/unpairedMRI)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing dataset (and MRI) folder")
+    p.add_argument("--hard-ct-signal", choices=HARD_CT_SIGNALS, default=HARD_CT_SIGNALS[0],
+                   help="what sets hard tumours apart in CT besides a faint texture (default: %(default)s)")
     p.add_argument("--no-preview", action="store_true", help="do not write preview.png")
     args = p.parse_args(argv)
 
@@ -49,7 +54,8 @@ def main(argv=None) -> int:
     paths = make_synthetic_dataset(
         raw, dataset_id=args.dataset_id, dataset_name=args.name, num_train=args.num_train, num_test=args.num_test,
         num_mri=args.num_mri, ct_shape=tuple(args.shape), seed=args.seed, overwrite=args.overwrite,
-        mri_folder=args.mri_out, preview=not args.no_preview, show_progress=True, ct_spacing=args.spacing)
+        mri_folder=args.mri_out, preview=not args.no_preview, show_progress=True, ct_spacing=args.spacing,
+        hard_ct_signal=args.hard_ct_signal)
 
     summary = json.loads(Path(paths.metadata_json).read_text())["summary"]
     hard = summary["hard_abs_ct_contrast_vs_mediastinum_hu"]

@@ -166,6 +166,7 @@ def _tumour_record(tumour: phantom.Tumour, measured: dict, volume: phantom.Phant
                 "contrast_vs_mediastinum_hu": tumour.ct_mean_hu - anatomy.ct_hu[phantom.Tissue.MEDIASTINUM],
                 "texture_sd_hu": tumour.ct_texture_sd_hu,
                 "atelectasis_hu": tumour.atelectasis_ct_hu,
+                "atelectasis_enhancement_hu": tumour.atelectasis_enhancement_hu,
                 "adjacent_vessel": tumour.vessel is not None,
             }
         else:
@@ -200,7 +201,8 @@ def _summary(ct_cases: dict) -> dict:
 def make_synthetic_dataset(raw_root, dataset_id: int = 501, dataset_name: str = "CMEDLThorax", num_train: int = 12,
                            num_test: int = 8, num_mri: int = 12, ct_shape=(32, 96, 128), seed: int = 0,
                            overwrite: bool = False, mri_folder=None, preview: bool = True, show_progress: bool = True,
-                           ct_spacing=None, mri_shape=None, mri_spacing=None) -> SyntheticDatasetPaths:
+                           ct_spacing=None, mri_shape=None, mri_spacing=None,
+                           hard_ct_signal: str = phantom.HARD_CT_SIGNALS[0]) -> SyntheticDatasetPaths:
     """Write the synthetic CT dataset (nnU-Net raw layout) and the unpaired MRI; see the module docstring.
 
     ct_spacing defaults to the spacing that makes ct_shape cover the phantom's field of view (160 x 288 x 384 mm,
@@ -210,6 +212,9 @@ def make_synthetic_dataset(raw_root, dataset_id: int = 501, dataset_name: str = 
     from tqdm import tqdm
 
     _check_settings(dataset_id, dataset_name, num_train, num_test, num_mri, seed)
+    if hard_ct_signal not in phantom.HARD_CT_SIGNALS:
+        raise UserInputError(f"--hard-ct-signal {hard_ct_signal!r}: expected one of "
+                             f"{', '.join(phantom.HARD_CT_SIGNALS)}")
     ct_shape = _triple(ct_shape, "ct_shape (--shape)", int)
     ct_spacing = phantom.default_ct_spacing(ct_shape) if ct_spacing is None \
         else _triple(ct_spacing, "ct_spacing (--spacing)", float)
@@ -240,13 +245,17 @@ def make_synthetic_dataset(raw_root, dataset_id: int = 501, dataset_name: str = 
     metadata = {
         "generator": "nnunet_cmedl make-synthetic (nnunet_cmedl.synthetic.phantom)",
         "seed": int(seed),
+        "hard_ct_signal": hard_ct_signal,
         "design": ("CT thorax phantoms. 'lung' tumours (easy) lie in the lung parenchyma with hundreds of HU of "
                    "contrast. 'mediastinal' tumours (hard) abut the mediastinum with a mean CT value within 4 HU of "
                    "it; their lung side lies against collapsed lung (atelectasis), half of them also against a "
                    "vessel, both of nearly the same HU; only a "
                    "faint low-frequency internal texture (a few HU sd) sets them apart. The unpaired T2w-like MRI "
                    "shows other patients, in whom tumours are bright against an intermediate mediastinum and "
-                   "collapsed lung."),
+                   "collapsed lung."
+                   + (" Hard CT signal 'enhancing-atelectasis': the collapsed lung enhances 10-25 HU more than the "
+                      "tumour (as on contrast-enhanced CT), a subtle edge on the tumour's lung side only."
+                      if hard_ct_signal == "enhancing-atelectasis" else " Hard CT signal 'none'.")),
         "conventions": {
             "centre_mm_xyz": "physical point (mm) as SimpleITK reports it for the written images (LPS)",
             "centre_voxel_zyx": "fractional numpy index (z, y, x) of the nominal centre",
@@ -275,7 +284,7 @@ def make_synthetic_dataset(raw_root, dataset_id: int = 501, dataset_name: str = 
         for index, case_id in enumerate(case_ids):
             split = "train" if index < num_train else "test"
             images, labels = ("imagesTr", "labelsTr") if split == "train" else ("imagesTs", "labelsTs")
-            volume = phantom.make_ct_volume(seed, index, ct_grid)
+            volume = phantom.make_ct_volume(seed, index, ct_grid, hard_ct_signal)
             _write_nifti(volume.image, ct_grid, build / images / f"{case_id}_0000{FILE_ENDING}")
             _write_nifti(volume.maps.label, ct_grid, build / labels / f"{case_id}{FILE_ENDING}")
             measured = phantom.measure_tumours(volume)

@@ -8,7 +8,10 @@ CT patients and MRI patients are drawn from separate random streams, so they nev
 The design that makes CMEDL's point: "lung" tumours sit in the lung parenchyma (hundreds of HU of contrast: easy).
 "Mediastinal" tumours abut the mediastinum with a mean CT value within 4 HU of it, their lung side is covered by
 collapsed lung (atelectasis) at nearly the same HU and half of them also touch a vessel of nearly the same HU, so
-their CT boundary is truly ambiguous; only a faint low-frequency internal texture (a few HU) sets them apart.
+their CT boundary is truly ambiguous; only a faint low-frequency internal texture (a few HU) sets them apart. With
+the default hard CT signal ("enhancing-atelectasis", HARD_CT_SIGNALS) the collapsed lung enhances 10-25 HU more than
+the tumour, about one noise sd per voxel: a subtle but real edge on the lung side, while the mediastinal side stays
+invisible.
 In T2w MRI they are bright against an intermediate mediastinum and collapsed lung, i.e. clear.
 
 Coordinates are millimetres in numpy axis order (z, y, x) with the origin at the centre of the field of view;
@@ -55,7 +58,13 @@ REFERENCE_CT_VOXEL_MM3 = 5.0 * 3.0 * 3.0  # the voxel for which the CT noise sd 
 TUMOUR_EXTENT = 1.35  # every tumour shape lies within this many nominal radii of its centre
 SHELL_MM = 6.0  # contrasts are measured against the tissue within this distance of a tumour
 
-_STREAMS = {"ct_anatomy": 0, "ct_noise": 1, "mri_anatomy": 2, "mri_noise": 3}
+_STREAMS = {"ct_anatomy": 0, "ct_noise": 1, "mri_anatomy": 2, "mri_noise": 3, "ct_signal": 4}
+# What sets a hard tumour apart in CT besides its faint texture ("none": nothing; its mean is within 4 HU of the
+# mediastinum and of its collapsed lung). "enhancing-atelectasis": as on contrast-enhanced CT, the collapsed lung
+# enhances more than the tumour, ATELECTASIS_ENHANCEMENT_HU above it, about one noise sd per voxel: the tumour's lung
+# side is a subtle but real CT edge, its mediastinal side stays invisible.
+HARD_CT_SIGNALS = ("enhancing-atelectasis", "none")
+ATELECTASIS_ENHANCEMENT_HU = (10.0, 25.0)
 
 
 def case_rng(seed: int, stream: str, index: int) -> np.random.Generator:
@@ -169,6 +178,7 @@ class Tumour:
     atelectasis: Wedge = None
     atelectasis_ct_hu: float = None
     atelectasis_mri: float = None
+    atelectasis_enhancement_hu: float = 0.0  # included in atelectasis_ct_hu (HARD_CT_SIGNALS)
     vessel: Tube = None
 
 
@@ -749,8 +759,20 @@ def mri_anatomy(seed: int, index: int, fov_mm=NOMINAL_FOV_MM) -> Anatomy:
     return sample_anatomy(case_rng(seed, "mri_anatomy", index), fov_mm)
 
 
-def make_ct_volume(seed: int, index: int, grid: Grid) -> PhantomVolume:
+def add_hard_ct_signal(anatomy: Anatomy, signal: str, rng: np.random.Generator) -> None:
+    """Give the hard tumours the CT signal `signal` (HARD_CT_SIGNALS); its own random stream, so the anatomy and
+    the noise stay those of the same case without it."""
+    if signal not in HARD_CT_SIGNALS:
+        raise UserInputError(f"hard tumour CT signal {signal!r}: expected one of {', '.join(HARD_CT_SIGNALS)}")
+    for t in anatomy.tumours:
+        if signal == "enhancing-atelectasis" and t.atelectasis is not None:
+            t.atelectasis_enhancement_hu = float(rng.uniform(*ATELECTASIS_ENHANCEMENT_HU))
+            t.atelectasis_ct_hu += t.atelectasis_enhancement_hu
+
+
+def make_ct_volume(seed: int, index: int, grid: Grid, hard_ct_signal: str = HARD_CT_SIGNALS[0]) -> PhantomVolume:
     anatomy = ct_anatomy(seed, index, grid.fov_mm)
+    add_hard_ct_signal(anatomy, hard_ct_signal, case_rng(seed, "ct_signal", index))
     maps = render_tissues(anatomy, grid.axes())
     return PhantomVolume(anatomy, grid, maps, render_ct(anatomy, maps, grid, case_rng(seed, "ct_noise", index)))
 
