@@ -107,12 +107,13 @@ class UnpairedMRIDataLoader(nnUNetDataLoader):
 
 def make_unpaired_mri_augmenter(folder: str, batch_size: int, patch_size, initial_patch_size=None, transforms=None,
                                 num_processes: int = None, pin_memory: bool = False, identifiers=None,
-                                num_cached: int = None):
+                                num_cached: int = None, seeds=None):
     """The lower-level constructor (no trainer needed): an endless augmenter of MRI batches from ``folder``.
 
     patch_size: final patch size (2 or 3 entries); initial_patch_size: the larger patch cropped before the spatial
     transform (defaults to patch_size); transforms: a batchgeneratorsv2 transform or None; num_processes: worker
-    processes (default ``get_allowed_n_proc_DA()``; 0 gives a SingleThreadedAugmenter)."""
+    processes (default ``get_allowed_n_proc_DA()``; 0 gives a SingleThreadedAugmenter); seeds: one per worker
+    process (None: unseeded)."""
     dataset = UnpairedMRIDataset(folder, identifiers)
     if len(dataset) == 0:
         raise UserInputError(f"{folder}: no preprocessed MRI cases")
@@ -125,7 +126,7 @@ def make_unpaired_mri_augmenter(folder: str, batch_size: int, patch_size, initia
     if n == 0:
         return SingleThreadedAugmenter(dl, None)
     return NonDetMultiThreadedAugmenter(data_loader=dl, transform=None, num_processes=n,
-                                        num_cached=max(6, n // 2) if num_cached is None else num_cached, seeds=None,
+                                        num_cached=max(6, n // 2) if num_cached is None else num_cached, seeds=seeds,
                                         pin_memory=pin_memory, wait_time=0.002)
 
 
@@ -137,7 +138,7 @@ def preprocess_mri_command(trainer) -> str:
             f"-i /path/to/mri_folder")
 
 
-def get_unpaired_mri_dataloader(trainer, num_processes: int = None):
+def get_unpaired_mri_dataloader(trainer, num_processes: int = None, seeds=None):
     """Endless augmenter of MRI batches with the CT training loader's batch size, patch sizes and augmentation.
 
     Call it after ``trainer.initialize()`` (which sets ``trainer.batch_size``). The batches hold
@@ -168,4 +169,5 @@ def get_unpaired_mri_dataloader(trainer, num_processes: int = None):
         use_mask_for_norm=None, is_cascaded=False,
         foreground_labels=trainer.label_manager.foreground_labels, regions=None, ignore_label=None)
     return make_unpaired_mri_augmenter(folder, batch_size, patch_size, initial_patch_size, transforms,
-                                       num_processes=num_processes, pin_memory=trainer.device.type == "cuda")
+                                       num_processes=num_processes, pin_memory=trainer.device.type == "cuda",
+                                       seeds=seeds)

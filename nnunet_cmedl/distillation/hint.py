@@ -71,15 +71,30 @@ class DecoderFeatureTap(nn.Module):
         return (seg_outputs if decoder.deep_supervision else seg_outputs[0]), features
 
 
+HINT_NORMALISATIONS = ("none", "channel")
+
+
+def _normalised(features: torch.Tensor, normalisation: str) -> torch.Tensor:
+    features = features.float()
+    if normalisation == "channel":  # zero mean, unit variance per sample and channel, over space
+        return nn.functional.instance_norm(features, eps=1e-5)
+    return features
+
+
 def hint_loss(student_features: Sequence[torch.Tensor], teacher_features: Sequence[torch.Tensor],
-              detach_teacher: bool = True) -> torch.Tensor:
+              detach_teacher: bool = True, normalisation: str = "none") -> torch.Tensor:
     """Mean over layers of the mean squared difference (L2 hint, Romero et al.'s FitNets; CMEDL's L_hint).
 
     With ``detach_teacher`` the hint moves only the student (the informative MRI teacher teaches; CMEDL's default).
+    ``normalisation='channel'`` standardises each feature map per sample and channel before the difference, so
+    that every stage and channel counts alike whatever its magnitude (CMEDL: 'none').
     """
+    if normalisation not in HINT_NORMALISATIONS:
+        raise ValueError(f"hint normalisation {normalisation!r}: expected one of {', '.join(HINT_NORMALISATIONS)}")
     if len(student_features) != len(teacher_features) or not student_features:
         raise RuntimeError(f"hint loss needs matching feature lists, got {len(student_features)} student and "
                            f"{len(teacher_features)} teacher tensors")
-    terms = [nn.functional.mse_loss(s.float(), (t.detach() if detach_teacher else t).float())
+    terms = [nn.functional.mse_loss(_normalised(s, normalisation),
+                                    _normalised(t.detach() if detach_teacher else t, normalisation))
              for s, t in zip(student_features, teacher_features)]
     return torch.stack(terms).mean()

@@ -10,7 +10,11 @@ from nnunet_cmedl.training.variants import (nnUNetTrainer_cpuBudget, nnUNetTrain
                                             nnUNetTrainerCMEDL_identity_cpuBudget,
                                             nnUNetTrainerCMEDL_stridedStem_cpuBudget,
                                             nnUNetTrainerCMEDL_noHint, nnUNetTrainerCMEDL_noHint_100epochs,
-                                            nnUNetTrainerCMEDL_noHint_cpuBudget, nnUNetTrainerCMEDL_tinyCPU)
+                                            nnUNetTrainerCMEDL_noHint_cpuBudget, nnUNetTrainerCMEDL_tinyCPU,
+                                            nnUNetTrainerCMEDL_hintWarmup, nnUNetTrainerCMEDL_teacherAhead,
+                                            nnUNetTrainerCMEDL_tseg5, nnUNetTrainerCMEDL_hintNorm)
+from nnunet_cmedl.training import benchmark_trainers
+from nnunet_cmedl.training.benchmark_trainers import *  # noqa: F401,F403  (generated: see that module)
 
 __all__ = ["nnUNetTrainerCMEDL", "nnUNetTrainerCMEDL_5epochs", "nnUNetTrainerCMEDL_100epochs",
            "nnUNetTrainerCMEDL_CUT", "nnUNetTrainerCMEDL_FastCUT", "nnUNetTrainerCMEDL_CUT_tinyCPU",
@@ -18,4 +22,6 @@ __all__ = ["nnUNetTrainerCMEDL", "nnUNetTrainerCMEDL_5epochs", "nnUNetTrainerCME
            "nnUNetTrainerCMEDL_hintBothWays", "nnUNetTrainerCMEDL_identity", "nnUNetTrainerCMEDL_stridedStem",
            "nnUNetTrainerCMEDL_identity_cpuBudget", "nnUNetTrainerCMEDL_stridedStem_cpuBudget", "nnUNetTrainerCMEDL_noHint", "nnUNetTrainerCMEDL_noHint_100epochs",
            "nnUNetTrainerCMEDL_noHint_cpuBudget", "nnUNetTrainerCMEDL_tinyCPU", "nnUNetTrainerCMEDL_cpuBudget",
-           "nnUNetTrainer_tinyCPU", "nnUNetTrainer_cpuBudget"]
+           "nnUNetTrainer_tinyCPU", "nnUNetTrainer_cpuBudget", "nnUNetTrainerCMEDL_hintWarmup",
+           "nnUNetTrainerCMEDL_teacherAhead", "nnUNetTrainerCMEDL_tseg5", "nnUNetTrainerCMEDL_hintNorm",
+           *benchmark_trainers.__all__]

@@ -11,6 +11,7 @@ Generators, teacher and student share one forward and one backward of CMEDL's lo
 in a step of their own. Only the student is needed for inference: ``network_weights`` in the checkpoint is exactly a
 stock nnU-Net network.
 """
+import random
 from os.path import join
 from typing import List
 
@@ -31,6 +32,7 @@ from nnunet_cmedl.distillation.teacher import TeacherOnPseudoMRI, scale_gradient
 from nnunet_cmedl.i2i import I2I_METHODS, build_i2i
 from nnunet_cmedl.i2i.networks import I2IArchitecture
 from nnunet_cmedl.training import figures
+from nnunet_cmedl.training.experiment import ExperimentMixin, worker_seeds
 from nnunet_cmedl.training.lr_schedulers import ConstantThenLinearDecayLR
 from nnunet_cmedl.utils.atomic import atomic_temp_path, replace_path
 
@@ -42,7 +44,7 @@ SEGMENTATION_LOSS_NAMES = TRAIN_LOSS_NAMES[-4:]
 VAL_LOG_NAMES = ("teacher_val_loss", "teacher_pseudo_dice_pmri")
 
 
-class nnUNetTrainerCMEDL(nnUNetTrainer):
+class nnUNetTrainerCMEDL(ExperimentMixin, nnUNetTrainer):
     def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
                  device: torch.device = torch.device('cuda')):
         super().__init__(plans, configuration, fold, dataset_json, device)
@@ -66,6 +68,16 @@ class nnUNetTrainerCMEDL(nnUNetTrainer):
         self.lambda_hint = 1.0                   # CMEDL: hint loss added to the student's loss with weight 1
         self.hint_decoder_stages = (-2, -1)      # CMEDL: the last two (highest-resolution) decoder stages
         self.hint_detach_teacher = True          # CMEDL: the informative teacher teaches, the hint moves the student
+        # When the hint starts (issue 8: a hint toward an untrained teacher delays the student). warm-up: lambda_hint
+        # ramps linearly from 0 over this many epochs (0: full weight from the start, as in CMEDL's code);
+        # 'teacher_ahead': the hint is on only in epochs after a validation in which the teacher's pseudo-Dice on
+        # pMRI exceeded the student's on CT ('always': CMEDL)
+        self.hint_warmup_epochs = 0
+        self.hint_gate = 'always'
+        # 'none': MSE of the raw features (CMEDL); 'channel': each feature map standardised per sample and channel
+        # over space first (instance norm without affine), so the hint matches patterns, not magnitudes
+        self.hint_normalisation = 'none'
+        self.teacher_initial_lr = None           # None: nnU-Net's initial_lr, like the student (CMEDL: same optimiser)
         self.gan_initial_lr = 2e-4               # CycleGAN/CUT: Adam, lr 2e-4, betas (0.5, 0.999)
         self.gan_betas = (0.5, 0.999)
         self.gan_constant_lr_fraction = 0.5      # CycleGAN: constant lr for half the epochs, then linear decay to 0
@@ -91,6 +103,7 @@ class nnUNetTrainerCMEDL(nnUNetTrainer):
         self.grad_scaler_discriminators = GradScaler("cuda") if self.device.type == 'cuda' else None
         self.dataloader_mri = None
         self._snapshot_due, self._snapshot = False, None
+        self._hint_weight = self.lambda_hint
 
     # ------------------------------------------------------------------ building
     def initialize(self):
@@ -137,9 +150,10 @@ class nnUNetTrainerCMEDL(nnUNetTrainer):
 
     def configure_cmedl_optimizers(self):
         """The teacher like nnU-Net's student (SGD + PolyLR); the GAN part like CycleGAN (Adam, constant-then-linear)."""
-        self.optimizer_teacher = torch.optim.SGD(self.teacher.parameters(), self.initial_lr,
+        lr = self.initial_lr if self.teacher_initial_lr is None else self.teacher_initial_lr
+        self.optimizer_teacher = torch.optim.SGD(self.teacher.parameters(), lr,
                                                  weight_decay=self.weight_decay, momentum=0.99, nesterov=True)
-        self.lr_scheduler_teacher = PolyLRScheduler(self.optimizer_teacher, self.initial_lr, self.num_epochs)
+        self.lr_scheduler_teacher = PolyLRScheduler(self.optimizer_teacher, lr, self.num_epochs)
         self.optimizer_generators = torch.optim.Adam(self.i2i.generator_parameters(), self.gan_initial_lr,
                                                      betas=self.gan_betas)
         self.optimizer_discriminators = torch.optim.Adam(self.i2i.discriminator_parameters(), self.gan_initial_lr,
@@ -164,8 +178,9 @@ class nnUNetTrainerCMEDL(nnUNetTrainer):
             output_student, student_features = self.student_tap(ct)
             loss_teacher = self.loss(output_teacher, target)
             loss_student = self.loss(output_student, target)
-            loss_hint = hint_loss(student_features, teacher_features, detach_teacher=self.hint_detach_teacher)
-            loss = i2i.loss + loss_teacher + loss_student + self.lambda_hint * loss_hint
+            loss_hint = hint_loss(student_features, teacher_features, detach_teacher=self.hint_detach_teacher,
+                                  normalisation=self.hint_normalisation)
+            loss = i2i.loss + loss_teacher + loss_student + self._hint_weight * loss_hint
         self._optimize(loss, [self.optimizer_generators, self.optimizer_teacher, self.optimizer], self.grad_scaler,
                        [self.i2i.generator_parameters(), self.teacher.parameters(), self.network.parameters()])
 
@@ -219,8 +234,12 @@ class nnUNetTrainerCMEDL(nnUNetTrainer):
         # the MRI first: a missing MRI folder fails in seconds, with the command that prepares it. MRI patches carry
         # no segmentation and cost less to augment: half of nnU-Net's worker processes (none if it uses none)
         workers = get_allowed_n_proc_DA()
-        self.dataloader_mri = get_unpaired_mri_dataloader(self, num_processes=workers and max(1, workers // 2))
+        workers = workers and max(1, workers // 2)
+        self.dataloader_mri = get_unpaired_mri_dataloader(self, num_processes=workers,
+                                                          seeds=worker_seeds(self.seed, 2, workers))
         super().on_train_start()
+        self._restore_rng_state()  # after the loaders' start-up batches (resumed runs only)
+        self._rng_state_to_restore = None
 
     def on_train_end(self):
         super().on_train_end()
@@ -235,6 +254,25 @@ class nnUNetTrainerCMEDL(nnUNetTrainer):
         for scheduler in (self.lr_scheduler_teacher, self.lr_scheduler_generators, self.lr_scheduler_discriminators):
             scheduler.step(self.current_epoch)
         self._snapshot_due = self.current_epoch % self.save_snapshot_every == 0
+        self._hint_weight = self.hint_weight(self.current_epoch)
+        if self._hint_weight != self.lambda_hint:
+            self.print_to_log_file(f"hint weight this epoch: {self._hint_weight:.4g} (lambda_hint {self.lambda_hint}, "
+                                   f"warm-up {self.hint_warmup_epochs} epochs, gate {self.hint_gate})")
+
+    def hint_weight(self, epoch: int) -> float:
+        """lambda_hint in this epoch: the warm-up ramp, times the gate (see hint_warmup_epochs / hint_gate)."""
+        weight = self.lambda_hint
+        if self.hint_warmup_epochs > 0:
+            weight *= min(1.0, epoch / self.hint_warmup_epochs)
+        if self.hint_gate == 'teacher_ahead':
+            logs = self.logger.local_logger.my_fantastic_logging
+            teacher, student = logs.get('cmedl_teacher_pseudo_dice_pmri', []), logs.get('dice_per_class_or_region', [])
+            if not teacher or not student or not np.isfinite(teacher[-1]) \
+                    or not teacher[-1] > float(np.nanmean(student[-1])):
+                weight = 0.0
+        elif self.hint_gate != 'always':
+            raise ValueError(f"hint_gate {self.hint_gate!r}: expected 'always' or 'teacher_ahead'")
+        return weight
 
     def on_train_epoch_end(self, train_outputs: List[dict]):
         super().on_train_epoch_end(train_outputs)
@@ -316,6 +354,10 @@ class nnUNetTrainerCMEDL(nnUNetTrainer):
             'cmedl_lr_scheduler_states': {k: s.state_dict() for k, s in self._cmedl_lr_schedulers().items()},
             'cmedl_grad_scaler_states': {k: (s.state_dict() if s is not None else None)
                                          for k, s in self._cmedl_grad_scalers().items()},
+            # the random streams, so that a resumed seeded run draws what the uninterrupted one would have drawn
+            # (in the main process; data-augmentation workers restart with their seeds)
+            'cmedl_rng_state': {'python': random.getstate(), 'numpy': np.random.get_state(),
+                                'torch': torch.get_rng_state()},
         }
         tmp = atomic_temp_path(filename)  # a killed run never leaves a truncated checkpoint under the real name
         torch.save(checkpoint, tmp)
@@ -362,6 +404,17 @@ class nnUNetTrainerCMEDL(nnUNetTrainer):
         # checkpoints of nnunet-cmedl 0.1 kept CycleGAN's image pools under 'cmedl_image_pools'
         self.i2i.load_extra_state(checkpoint['cmedl_i2i_state'] if 'cmedl_i2i_state' in checkpoint
                                   else {'image_pools': checkpoint['cmedl_image_pools']}, self.device)
+        self._rng_state_to_restore = checkpoint.get('cmedl_rng_state')
+        self._restore_rng_state()
+
+    def _restore_rng_state(self):
+        """The random streams as saved; again once the data loaders have drawn their start-up batches, so that a
+        resumed seeded run draws what the uninterrupted run drew (with nnUNet_n_proc_DA=0, on the CPU)."""
+        rng = getattr(self, '_rng_state_to_restore', None)
+        if rng is not None:
+            random.setstate(rng['python'])
+            np.random.set_state(rng['numpy'])
+            torch.set_rng_state(rng['torch'].cpu())
 
     def _cmedl_optimizers(self) -> dict:
         return {'teacher': self.optimizer_teacher, 'generators': self.optimizer_generators,

@@ -211,3 +211,44 @@ class nnUNetTrainerCMEDL_noHint_100epochs(nnUNetTrainerCMEDL_100epochs):
                  device: torch.device = torch.device('cuda')):
         super().__init__(plans, configuration, fold, dataset_json, device)
         self.lambda_hint = 0.0
+
+
+# ---- the accuracy issue's method choices (each one attribute; docs/BENCHMARK.md has their measured effect)
+class nnUNetTrainerCMEDL_hintWarmup(nnUNetTrainerCMEDL):
+    """lambda_hint ramps linearly from 0 over the first third of training: no pull toward an untrained teacher."""
+
+    def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
+                 device: torch.device = torch.device('cuda')):
+        super().__init__(plans, configuration, fold, dataset_json, device)
+        self.hint_warmup_epochs = max(1, self.num_epochs // 3)
+
+    def hint_weight(self, epoch: int) -> float:
+        self.hint_warmup_epochs = max(1, self.num_epochs // 3)  # follows budget variants that change num_epochs
+        return super().hint_weight(epoch)
+
+
+class nnUNetTrainerCMEDL_teacherAhead(nnUNetTrainerCMEDL):
+    """The hint only in epochs after a validation where the teacher's pseudo-Dice on pMRI beat the student's."""
+
+    def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
+                 device: torch.device = torch.device('cuda')):
+        super().__init__(plans, configuration, fold, dataset_json, device)
+        self.hint_gate = 'teacher_ahead'
+
+
+class nnUNetTrainerCMEDL_tseg5(nnUNetTrainerCMEDL):
+    """The teacher's segmentation loss on pMRI drives the generator with weight 5 (the authors' PSIGAN code)."""
+
+    def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
+                 device: torch.device = torch.device('cuda')):
+        super().__init__(plans, configuration, fold, dataset_json, device)
+        self.lambda_teacher_seg_on_generator = 5.0
+
+
+class nnUNetTrainerCMEDL_hintNorm(nnUNetTrainerCMEDL):
+    """The hint on per-channel standardised features: every stage and channel counts alike."""
+
+    def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
+                 device: torch.device = torch.device('cuda')):
+        super().__init__(plans, configuration, fold, dataset_json, device)
+        self.hint_normalisation = 'channel'

@@ -1,0 +1,71 @@
+"""The trainers of ``nnunet_cmedl benchmark``: every method at every benchmark budget and seed, one class each.
+
+``nnUNetTrainer<Method>_<budget>_seed<N>``, e.g. ``nnUNetTrainer_benchCPU_seed0`` (plain nnU-Net) or
+``nnUNetTrainerCMEDL_noHint_benchCPU_seed2``. Each is the method's trainer with the budget's epochs, iterations and
+I2I sizes, the seed, and light checkpoints for learning curves (``training/experiment.py``); a results folder per
+seed, as nnU-Net names them. The classes are generated here from the three tables below, so a method, a budget or a
+seed is one line.
+"""
+from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
+
+from nnunet_cmedl.training import variants
+from nnunet_cmedl.training.experiment import ExperimentMixin
+from nnunet_cmedl.training.nnUNetTrainerCMEDL import nnUNetTrainerCMEDL
+
+# benchmark name -> trainer class (the first is the baseline)
+METHODS = {
+    "nnU-Net": nnUNetTrainer,
+    "CMEDL": nnUNetTrainerCMEDL,
+    "CMEDL_noHint": variants.nnUNetTrainerCMEDL_noHint,
+    "CMEDL_CUT": variants.nnUNetTrainerCMEDL_CUT,
+    "CMEDL_FastCUT": variants.nnUNetTrainerCMEDL_FastCUT,
+    "CMEDL_hintWarmup": variants.nnUNetTrainerCMEDL_hintWarmup,
+    "CMEDL_teacherAhead": variants.nnUNetTrainerCMEDL_teacherAhead,
+    "CMEDL_tseg5": variants.nnUNetTrainerCMEDL_tseg5,
+    "CMEDL_hintNorm": variants.nnUNetTrainerCMEDL_hintNorm,
+}
+# budget -> attributes; I2I sizes apply to CMEDL trainers only
+BUDGETS = {
+    # 2 CPU cores: 600 iterations of batch 8 on 64x64 patches (nnunet_cmedl benchmark adds that configuration);
+    # test predictions cost about 2 s per case and checkpoint there, so curves get 3 points
+    "benchCPU": dict(num_epochs=30, num_iterations_per_epoch=20, num_val_iterations_per_epoch=4, save_every=5,
+                     curve_checkpoint_every=10,
+                     cmedl=dict(generator_features=16, generator_res_blocks=3, discriminator_features=32,
+                                save_snapshot_every=10)),
+    # one GPU: nnU-Net's planned configuration, 100 epochs of 250 iterations (nnUNetTrainer_100epochs)
+    "benchGPU": dict(num_epochs=100, num_iterations_per_epoch=250, num_val_iterations_per_epoch=50, save_every=10,
+                     curve_checkpoint_every=10, cmedl={}),
+}
+SEEDS = range(5)
+
+
+def trainer_name(method: str, budget: str, seed: int) -> str:
+    core = METHODS[method].__name__.removeprefix("nnUNetTrainer")
+    return f"nnUNetTrainer{core}_{budget}_seed{seed}"
+
+
+def _make(method: str, budget: str, seed: int) -> type:
+    base = METHODS[method]
+    settings = dict(BUDGETS[budget])
+    cmedl_settings = settings.pop("cmedl")
+
+    def __init__(self, plans, configuration, fold, dataset_json, device=None):
+        base.__init__(self, plans, configuration, fold, dataset_json,
+                      *(() if device is None else (device,)))
+        for k, v in {**settings, **(cmedl_settings if isinstance(self, nnUNetTrainerCMEDL) else {})}.items():
+            setattr(self, k, v)
+        self.seed = seed
+
+    name = trainer_name(method, budget, seed)
+    bases = (base,) if issubclass(base, ExperimentMixin) else (ExperimentMixin, base)
+    return type(name, bases, {"__init__": __init__, "__module__": __name__, "__qualname__": name,
+                              "__doc__": f"{method} at the {budget} budget, seed {seed} (benchmark_trainers.py)"})
+
+
+__all__ = []
+for _method in METHODS:
+    for _budget in BUDGETS:
+        for _seed in SEEDS:
+            _cls = _make(_method, _budget, _seed)
+            globals()[_cls.__name__] = _cls
+            __all__.append(_cls.__name__)

@@ -1,0 +1,92 @@
+"""What a comparison of trainers needs beyond nnU-Net's own: a seed, and light checkpoints for learning curves.
+
+``ExperimentMixin`` goes before any nnU-Net trainer (plain or CMEDL) in the class list:
+
+- ``seed`` (None: nnU-Net's unseeded behaviour): seeds Python's ``random``, numpy and torch before the networks are
+  built, and gives nnU-Net's data-augmentation worker processes seeds derived from it. With
+  ``nnUNet_n_proc_DA=0`` (batches made in the main process) and on the CPU, a run repeats bit for bit; with worker
+  processes each worker's random stream repeats, but the order in which workers deliver batches does not (nnU-Net's
+  ``NonDetMultiThreadedAugmenter``), and CUDA kernels are not forced to be deterministic.
+- ``curve_checkpoint_every`` (0: off): every that many epochs, ``checkpoint_epoch_NNNN.pth`` beside nnU-Net's
+  checkpoints, holding what ``nnUNetv2_predict -chk`` needs (the network weights, init args, trainer name,
+  mirroring axes) and nothing to resume from: learning curves from one run, evaluated on test data afterwards.
+"""
+import os
+import random
+from contextlib import contextmanager
+
+import numpy as np
+import torch
+
+import nnunetv2.training.nnUNetTrainer.nnUNetTrainer as nnunet_trainer_module
+from batchgenerators.dataloading.nondet_multi_threaded_augmenter import NonDetMultiThreadedAugmenter
+
+from nnunet_cmedl.distillation.hint import unwrap
+from nnunet_cmedl.utils.atomic import atomic_temp_path, replace_path
+
+CURVE_CHECKPOINT_PATTERN = "checkpoint_epoch_{:04d}.pth"
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2 ** 32)
+    torch.manual_seed(seed)
+
+
+def worker_seeds(seed, stream: int, n: int):
+    """Distinct, repeatable seeds for n worker processes of one data stream (None: unseeded)."""
+    if seed is None:
+        return None
+    return [int(s.generate_state(1)[0]) for s in np.random.SeedSequence([seed, stream]).spawn(n)]
+
+
+@contextmanager
+def seeded_nnunet_augmenters(seed):
+    """nnU-Net's get_dataloaders builds its worker augmenters with ``seeds=None``; within this context they get
+    seeds derived from ``seed`` (stream 0: training batches, 1: validation batches)."""
+    if seed is None:
+        yield
+        return
+    streams = iter(range(2))
+
+    class SeededAugmenter(NonDetMultiThreadedAugmenter):
+        def __init__(self, *args, num_processes, seeds=None, **kwargs):
+            super().__init__(*args, num_processes=num_processes,
+                             seeds=worker_seeds(seed, next(streams, 2), num_processes), **kwargs)
+
+    original = nnunet_trainer_module.NonDetMultiThreadedAugmenter
+    nnunet_trainer_module.NonDetMultiThreadedAugmenter = SeededAugmenter
+    try:
+        yield
+    finally:
+        nnunet_trainer_module.NonDetMultiThreadedAugmenter = original
+
+
+class ExperimentMixin:
+    seed = None                  # int: a repeatable run (see the module docstring)
+    curve_checkpoint_every = 0   # epochs between checkpoint_epoch_NNNN.pth (0: none)
+
+    def initialize(self):
+        if self.seed is not None:
+            seed_everything(self.seed)
+            self.print_to_log_file(f"seed {self.seed}: random, numpy and torch seeded before building the networks")
+        super().initialize()
+
+    def get_dataloaders(self):
+        with seeded_nnunet_augmenters(self.seed):
+            return super().get_dataloaders()
+
+    def on_epoch_end(self):
+        epoch = self.current_epoch  # nnU-Net's on_epoch_end increments it
+        super().on_epoch_end()
+        if self.curve_checkpoint_every and (epoch + 1) % self.curve_checkpoint_every == 0 and self.local_rank == 0:
+            self.save_curve_checkpoint(os.path.join(self.output_folder, CURVE_CHECKPOINT_PATTERN.format(epoch + 1)))
+
+    def save_curve_checkpoint(self, filename: str) -> None:
+        """The weights after this epoch, loadable by ``nnUNetv2_predict -chk`` (not resumable)."""
+        checkpoint = {'network_weights': unwrap(self.network).state_dict(), 'init_args': self.my_init_kwargs,
+                      'trainer_name': self.__class__.__name__, 'current_epoch': self.current_epoch,
+                      'inference_allowed_mirroring_axes': self.inference_allowed_mirroring_axes}
+        tmp = atomic_temp_path(filename)
+        torch.save(checkpoint, tmp)
+        replace_path(tmp, filename)
