@@ -1,133 +1,204 @@
-"""``nnunet_cmedl benchmark``: plain nnU-Net vs. CMEDL with the same budget, fold and seeds, on the synthetic data.
+"""``nnunet_cmedl benchmark``: plain nnU-Net vs. CMEDL and its ablations, several seeds, learning curves, on the
+synthetic thorax.
 
-Trains each trainer through the stock ``nnUNetv2_train`` (fold 0, same configuration, same number of epochs and
-iterations), predicts the test images with the stock ``nnUNetv2_predict`` (no test-time augmentation for either),
-then evaluates:
-  - per case: DSC, surface Dice (2 mm), HD95, with paired Wilcoxon tests  (nnunet_cmedl compare)
-  - per tumour, hard (mediastinal, ~0-4 HU in CT) vs easy (lung): the same metrics and recall on each tumour's
-    neighbourhood, with paired Wilcoxon tests against plain nnU-Net
-and writes ``benchmark_summary.json`` / ``.md``, case panels and one HTML report in --workdir.
+What it does (every step reuses what a previous run with the same settings finished):
+  1. data: the synthetic dataset (``make-synthetic``; hard tumours with the CT signal of ``--hard-ct-signal``),
+     nnU-Net's planning and preprocessing, a small configuration, the unpaired MRI preprocessed onto it;
+  2. splits (``splits_final.json``, written once): fold 0 trains on ``n_labelled`` cases (few labels), fold 1 on 4x
+     as many; both validate on the same cases. Every method trains fold 0. The *reference* (plain nnU-Net on fold
+     1) checks that the hard tumours carry a CT signal that more labels let a CT-only network learn;
+  3. training through the stock ``nnUNetv2_train``: each method x seed is one trainer class
+     (``training/benchmark_trainers.py``), same data, fold, budget and seeds; light checkpoints every few epochs;
+  4. test predictions with nnU-Net's own predictor (what ``nnUNetv2_predict`` runs; tile step 0.5, no TTA) from the
+     final checkpoint and from every intermediate one (learning curves);
+  5. evaluation: per case and per tumour (hard = mediastinal, easy = lung; phantom metadata) DSC, surface Dice at
+     2 mm, HD95, recall; paired Wilcoxon tests against plain nnU-Net, per tumour and per case, pooled over seeds in
+     two ways (``seed-averaged``: each tumour's metric averaged over seeds, one pair per tumour; ``pooled``: one pair
+     per tumour and seed); learning curves (test DSC vs iterations and vs training wall-clock, seed bands) and the
+     teacher's validation pseudo-Dice on pMRI next to the student's on CT, as PNGs;
+  6. ``benchmark_summary.json`` / ``.md`` in --workdir.
 
-Budgets: ``cpu`` (default; 2d small configuration, 10 epochs x 25 iterations each, about 30 min on 2 CPU cores) and
-``gpu`` (nnU-Net's planned 3d_fullres, 100 epochs x 250 iterations, a larger dataset, plus the no-hint ablation).
+Settings (which methods, which hint options) are chosen by the validation pseudo-Dice of fold 0 (nnU-Net's logger,
+in the figures); the test set is only predicted with trained models, never used to pick settings.
+
+Budgets:
+  cpu (default): 2d, 64x64 patches, batch 8, at most 32 feature maps; 30 epochs x 20 iterations (600), checkpoints
+                 every 10 epochs; 10 labelled cases (+40 for the reference), 4 validation, 20 test, 16 MRI;
+                 methods nnU-Net, CMEDL, CMEDL_noHint, CMEDL_FastCUT; seeds 0 1 2; reference seed 0.
+  gpu:           nnU-Net's 3d_fullres as planned, 100 epochs x 250 iterations, checkpoints every 10 epochs; 20 labelled
+                 (+60), 5 validation, 40 test, 30 MRI; also CMEDL_CUT; seeds 0 1 2; reference seeds 0 1 2.
 """
 import argparse
 import json
+import os
 import time
 from pathlib import Path
 
 from nnunet_cmedl import pipeline
-from nnunet_cmedl.evaluation import per_tumour
-from nnunet_cmedl.evaluation.tables import fmt, format_table
+from nnunet_cmedl.errors import UserInputError
 from nnunet_cmedl.utils.atomic import atomic_file
 
 BUDGETS = {
-    "cpu": dict(dim="2d", num_train=12, num_test=8, num_mri=12,
-                trainers=("nnUNetTrainer_cpuBudget", "nnUNetTrainerCMEDL_cpuBudget")),
-    "gpu": dict(dim="3d_fullres", num_train=40, num_test=20, num_mri=30,
-                trainers=("nnUNetTrainer_100epochs", "nnUNetTrainerCMEDL_100epochs",
-                          "nnUNetTrainerCMEDL_noHint_100epochs")),
+    "cpu": dict(dim="2d_bench", trainer_budget="benchCPU", n_labelled=10, n_val=4, reference_factor=4, num_test=20,
+                num_mri=16, methods=("nnU-Net", "CMEDL", "CMEDL_noHint", "CMEDL_FastCUT"), seeds=(0, 1, 2),
+                reference_seeds=(0,)),
+    "gpu": dict(dim="3d_fullres", trainer_budget="benchGPU", n_labelled=20, n_val=5, reference_factor=4, num_test=40,
+                num_mri=30, methods=("nnU-Net", "CMEDL", "CMEDL_noHint", "CMEDL_CUT", "CMEDL_FastCUT"),
+                seeds=(0, 1, 2), reference_seeds=(0, 1, 2)),
 }
+REFERENCE = "nnU-Net_4xLabels"
 
 
-def method_name(trainer: str) -> str:
-    """nnUNetTrainer_cpuBudget -> nnU-Net, nnUNetTrainerCMEDL_noHint_cpuBudget -> CMEDL_noHint."""
-    core = trainer.removeprefix("nnUNetTrainer")
-    for suffix in ("_cpuBudget", "_100epochs"):
-        core = core.removesuffix(suffix)
-    return core.lstrip("_") or "nnU-Net"
+def benchmark_splits(case_ids, n_labelled: int, n_val: int, reference_factor: int) -> list:
+    """Fold 0: the first n_labelled cases; fold 1 (reference): reference_factor x as many; both validate on the
+    last n_val cases."""
+    need = n_labelled * reference_factor + n_val
+    if len(case_ids) < need:
+        raise UserInputError(f"the dataset has {len(case_ids)} training cases; the benchmark needs {need}")
+    cases = sorted(case_ids)
+    val = cases[-n_val:]
+    return [{"train": cases[:n_labelled], "val": val},
+            {"train": cases[:n_labelled * reference_factor], "val": val}]
 
 
-def per_tumour_table(summary: dict, baseline: str) -> str:
-    headers = ["tumours", "method", "DSC", "sDSC 2mm", "HD95 mm", "recall", f"p (DSC vs {baseline})"]
-    rows = []
-    for difficulty, entry in summary.items():
-        tests = entry[f"tests_vs_{baseline}"]
-        for method, stats in entry["methods"].items():
-            p = tests.get(method, {}).get("dsc", {}).get("p_value")
-            rows.append([f"{difficulty} (n={entry['n_tumours']})", method,
-                         *(f"{fmt(stats[k]['mean'])} ± {fmt(stats[k]['sd'])}" for k in per_tumour.PER_TUMOUR_METRICS),
-                         "" if p is None else fmt(p, 4)])
-    return format_table(headers, rows, "Per tumour (mean ± sd over test tumours; neighbourhood 10 mm)")
+def write_splits(preprocessed: Path, splits: list) -> Path:
+    """splits_final.json: written when absent; an existing one must be the same (never overwritten)."""
+    path = preprocessed / "splits_final.json"
+    if path.is_file():
+        existing = json.loads(path.read_text())
+        if existing != splits:
+            raise UserInputError(f"{path}: holds other splits than the benchmark's (fold 0: {len(splits[0]['train'])} "
+                                 f"labelled cases, fold 1: {len(splits[1]['train'])}); use another --workdir or -d")
+        return path
+    with atomic_file(path) as f:
+        json.dump(splits, f, indent=1)
+    return path
 
 
-def main(argv=None) -> int:
+class Run:
+    """One training run: method, seed, fold, its trainer class and results folder."""
+
+    def __init__(self, method: str, seed: int, fold: int, budget: str, data: pipeline.PreparedDataset, steps):
+        from nnunet_cmedl.training.benchmark_trainers import trainer_name
+        self.method, self.seed, self.fold = method, seed, fold
+        self.name = REFERENCE if fold == 1 else method
+        self.trainer = trainer_name("nnU-Net" if method == REFERENCE else method, budget, seed)
+        self.folder = pipeline.results_folder(steps, data, self.trainer) / f"fold_{fold}"
+
+    def __repr__(self):
+        return f"{self.name} seed {self.seed}"
+
+
+def plan_runs(methods, seeds, reference_seeds, budget: str, data, steps) -> list:
+    runs = []
+    for seed in seeds:  # seed-major: a run stopped half-way has every method for its first seeds
+        runs += [Run(m, seed, 0, budget, data, steps) for m in methods]
+        if seed in reference_seeds:
+            runs.append(Run(REFERENCE, seed, 1, budget, data, steps))
+    return runs
+
+
+def finished(run: Run) -> bool:
+    """A finished run of the same trainer class (the class fixes method, budget and seed), plans and configuration;
+    anything else is not reused."""
+    import torch
+    path = run.folder / "checkpoint_final.pth"
+    if not path.is_file():
+        return False
+    checkpoint = torch.load(path, map_location="cpu", weights_only=False)
+    kwargs = checkpoint.get("init_args", {})
+    if checkpoint.get("trainer_name") != run.trainer or kwargs.get("fold") != run.fold:
+        raise UserInputError(f"{path}: written by {checkpoint.get('trainer_name')} fold {kwargs.get('fold')}, "
+                             f"not by {run.trainer} fold {run.fold}; move it away or use another --workdir")
+    return True
+
+
+def train_all(steps, data, runs, device: str) -> dict:
+    """Train every run not finished yet (stock nnUNetv2_train), in order; returns training seconds per run."""
+    seconds = {}
+    for i, run in enumerate(runs, 1):
+        if finished(run):
+            steps.skip(f"train {run} ({i}/{len(runs)})", f"reusing {run.folder}/checkpoint_final.pth (same trainer "
+                                                        f"class, plans and configuration)")
+            continue
+        t = time.time()
+        steps.run(f"train {run} ({i}/{len(runs)}): nnUNetv2_train {data.dataset_id} {data.configuration} "
+                  f"{run.fold} -tr {run.trainer}",
+                  [pipeline.BIN / "nnUNetv2_train", data.dataset_id, data.configuration, run.fold, "-tr",
+                   run.trainer, "-device", device] + (["--c"] if (run.folder / "checkpoint_latest.pth").is_file()
+                                                      else []))
+        seconds[f"{run.name}/seed{run.seed}"] = time.time() - t
+    return seconds
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from nnunet_cmedl.synthetic.phantom import HARD_CT_SIGNALS
+    from nnunet_cmedl.training.benchmark_trainers import METHODS
     p = argparse.ArgumentParser(prog="nnunet_cmedl benchmark", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--workdir", type=Path, default=Path("benchmark_output"))
     p.add_argument("--budget", choices=sorted(BUDGETS), default="cpu")
     p.add_argument("-d", "--dataset-id", type=int, default=502)
-    p.add_argument("--trainers", nargs="+", help="override the budget's trainers (the first is the baseline)")
-    p.add_argument("--dim", choices=sorted(pipeline.SMALL_CONFIGURATIONS), help="override the budget's --dim")
-    p.add_argument("--seed", type=int, default=0, help="seed of the synthetic dataset")
+    p.add_argument("--methods", nargs="+", choices=list(METHODS),
+                   help="methods to compare (default: the budget's; the first is the baseline)")
+    p.add_argument("--seeds", nargs="+", type=int, help="training seeds (default: the budget's)")
+    p.add_argument("--reference-seeds", nargs="*", type=int,
+                   help="seeds of plain nnU-Net with 4x the labelled cases (default: the budget's; none: skip it)")
+    p.add_argument("--data-seed", type=int, default=0, help="seed of the synthetic dataset")
+    p.add_argument("--hard-ct-signal", choices=HARD_CT_SIGNALS, default=HARD_CT_SIGNALS[0],
+                   help="the hard tumours' CT signal (make-synthetic --hard-ct-signal)")
     p.add_argument("--device", default="auto")
-    p.add_argument("--no-report", action="store_true", help="skip panels and the HTML report")
-    a = p.parse_args(argv)
-    budget = dict(BUDGETS[a.budget])
-    trainers = a.trainers or budget["trainers"]
-    dim = a.dim or budget["dim"]
+    p.add_argument("--train-only", action="store_true", help="stop after training")
+    p.add_argument("--no-panels", action="store_true", help="skip the case panels of CMEDL (seed of its first run)")
+    return p
+
+
+def main(argv=None) -> int:
+    a = build_parser().parse_args(argv)
+    budget = BUDGETS[a.budget]
+    methods = list(a.methods or budget["methods"])
+    seeds = list(a.seeds if a.seeds is not None else budget["seeds"])
+    reference_seeds = list(a.reference_seeds if a.reference_seeds is not None else budget["reference_seeds"])
+    from nnunet_cmedl.training.benchmark_trainers import SEEDS
+    bad = [s for s in seeds + reference_seeds if s not in SEEDS]
+    if bad:
+        raise UserInputError(f"--seeds/--reference-seeds {bad}: the benchmark trainers exist for seeds "
+                             f"{SEEDS.start}-{SEEDS.stop - 1}")
 
     t0 = time.time()
     device = pipeline.resolve_device(a.device)
     workdir = a.workdir.resolve()
     steps = pipeline.make_steps(workdir, device)
-    print(f"nnunet-cmedl benchmark: budget {a.budget}, trainers {', '.join(trainers)}, device {device}, "
-          f"workdir {workdir}")
-    data = pipeline.prepare_dataset(steps, a.dataset_id, dim, budget["num_train"], budget["num_test"],
-                                    budget["num_mri"], a.seed)
-    names = [method_name(t) for t in trainers]
-    predictions, timings = {}, {}
-    for trainer, name in zip(trainers, names):
-        t = time.time()
-        pipeline.train(steps, data, trainer, device)
-        timings[name] = time.time() - t
-        predictions[name] = pipeline.predict(steps, data, trainer, device, workdir / "predictions" / trainer)
-
-    metrics = {}
-    for name, folder in predictions.items():
-        steps.run(f"per case: DSC, surface Dice (2 mm), HD95 of {name}",
-                  pipeline.OURS + ["evaluate", "-ref", data.raw_folder / "labelsTs", "-pred", folder,
-                                   "--dataset-json", data.raw_folder / "dataset.json", "--overwrite"])
-        metrics[name] = folder / "cmedl_metrics.json"
-    comparison = workdir / "comparison"
-    log = steps.run("per case: paired Wilcoxon tests between the methods",
-                    pipeline.OURS + ["compare", "-ref", data.raw_folder / "labelsTs", "-o", comparison,
-                                     "--overwrite", "--pred", *(f"{n}={f}" for n, f in metrics.items())])
-    print(log.read_text())
-
-    print(f"\n=== per tumour, hard vs easy", flush=True)
-    metadata = per_tumour.load_metadata(data.raw_folder / "phantom_metadata.json")
-    rows = per_tumour.tumour_rows(data.raw_folder / "labelsTs", predictions, metadata)
-    tumour_summary = per_tumour.summarize_by_difficulty(rows, baseline=names[0])
-    table = per_tumour_table(tumour_summary, names[0])
-    print(table)
-
-    report = None
-    cmedl = next((t for t in trainers if "CMEDL" in t), None)
-    if cmedl and not a.no_report:
-        model = pipeline.results_folder(steps, data, cmedl)
+    if device == "cpu" and "nnUNet_n_proc_DA" not in os.environ:
+        steps.env["nnUNet_n_proc_DA"] = "0"  # batches in the trainer's process: a seeded run repeats exactly
+    print(f"nnunet-cmedl benchmark: budget {a.budget}, methods {', '.join(methods)}, seeds {seeds}, reference "
+          f"seeds {reference_seeds}, device {device}, workdir {workdir}")
+    num_train = budget["n_labelled"] * budget["reference_factor"] + budget["n_val"]
+    data = pipeline.prepare_dataset(steps, a.dataset_id, budget["dim"], num_train, budget["num_test"],
+                                    budget["num_mri"], a.data_seed, ["--hard-ct-signal", a.hard_ct_signal])
+    splits = benchmark_splits([p.name.removesuffix("_0000.nii.gz") for p in (data.raw_folder / "imagesTr").iterdir()],
+                              budget["n_labelled"], budget["n_val"], budget["reference_factor"])
+    write_splits(Path(steps.env["nnUNet_preprocessed"]) / data.dataset_name, splits)
+    runs = plan_runs(methods, seeds, reference_seeds, budget["trainer_budget"], data, steps)
+    train_seconds = train_all(steps, data, runs, device)
+    if a.train_only:
+        print(f"\nTrained {len(runs)} runs in {(time.time() - t0) / 60:.1f} min (--train-only)")
+        return 0
+    from nnunet_cmedl.evaluation import benchmark_report
+    os.environ["nnUNet_extTrainer"] = steps.env["nnUNet_extTrainer"]  # nnU-Net's predictor looks trainers up
+    summary = benchmark_report.evaluate(runs, data, workdir, device, baseline=methods[0], budget_name=a.budget,
+                                        train_seconds=train_seconds,
+                                        command="nnunet_cmedl benchmark " + " ".join(argv or []))
+    cmedl = next((r for r in runs if r.name == "CMEDL"), None)
+    if cmedl is not None and not a.no_panels:
         panels = workdir / "panels"
-        steps.run("case panels: CT, pMRI, MRI, reference / student / teacher contours",
-                  pipeline.OURS + ["panels", "-m", model, "-i", data.raw_folder / "imagesTs",
-                                   "-ref", data.raw_folder / "labelsTs", "--student-pred", predictions[method_name(cmedl)],
+        steps.run(f"case panels of {cmedl}: CT, pMRI, MRI, reference / student / teacher contours",
+                  pipeline.OURS + ["panels", "-m", cmedl.folder.parent, "-i", data.raw_folder / "imagesTs",
+                                   "-ref", data.raw_folder / "labelsTs", "--student-pred",
+                                   workdir / "predictions" / f"{cmedl.trainer}_fold0" / "checkpoint_final",
                                    "--mri", data.raw_folder / "unpairedMRI", "-o", panels, "--overwrite"])
-        report = workdir / "report.html"
-        steps.run("HTML report", pipeline.OURS + [
-            "report", "-m", model, "--metrics", *metrics.values(),
-            "--comparison", f"{comparison}.json", "--panels", panels, "-o", report, "--overwrite",
-            "--title", f"CMEDL vs nnU-Net on the synthetic thorax ({a.budget} budget)"])
-
-    summary = {"budget": a.budget, "configuration": data.configuration, "trainers": dict(zip(names, trainers)),
-               "device": device, "dataset": data.dataset_name, "train_seconds": timings,
-               "total_minutes": (time.time() - t0) / 60, "per_case_comparison": f"{comparison}.json",
-               "per_tumour": tumour_summary, "per_tumour_rows": rows, "report": str(report) if report else None,
-               "command": "nnunet_cmedl benchmark " + " ".join(argv if argv is not None else [])}
-    with atomic_file(workdir / "benchmark_summary.json") as f:
-        json.dump(summary, f, indent=1, default=float)
-    with atomic_file(workdir / "benchmark_summary.md") as f:
-        f.write(f"# Benchmark ({a.budget} budget, {data.configuration}, {device})\n\n"
-                f"Training time: " + ", ".join(f"{n} {s / 60:.1f} min" for n, s in timings.items()) + "\n\n"
-                f"```\n{log.read_text()}\n{table}\n```\n")
-    print(f"\nSummary: {workdir / 'benchmark_summary.md'}  (json beside it)"
-          + (f"\nReport: {report}" if report else "") + f"\nTotal time: {summary['total_minutes']:.1f} min")
+        summary["panels"] = str(panels)
+    summary["total_minutes"] = (time.time() - t0) / 60
+    benchmark_report.write_summary(summary, workdir)
+    print(f"\nSummary: {workdir / 'benchmark_summary.md'} (json beside it); total {summary['total_minutes']:.1f} min")
     return 0

@@ -22,6 +22,7 @@ OURS = [sys.executable, "-m", "nnunet_cmedl.cli"]
 # feature cap). None: train the planned configuration itself (GPU-sized runs). On 2 CPU cores a 64x64 patch with at
 # most 64 feature maps costs ~0.1 s per plain nnU-Net iteration and ~0.4 s per CMEDL iteration.
 SMALL_CONFIGURATIONS = {"2d": ("2d", "2d_demo", ["64", "64"], "8", "64"),
+                        "2d_bench": ("2d", "2d_bench", ["64", "64"], "8", "32"),
                         "3d": ("3d_fullres", "3d_demo", ["16", "64", "64"], "2", "64"),
                         "3d_fullres": ("3d_fullres", None, None, None, None)}
 
@@ -83,7 +84,7 @@ def make_steps(workdir: Path, device: str) -> Steps:
 
 
 def prepare_dataset(steps: Steps, dataset_id: int, dim: str, num_train: int, num_test: int, num_mri: int,
-                    seed: int) -> PreparedDataset:
+                    seed: int, synthetic_args: tuple = ()) -> PreparedDataset:
     """Generate (or reuse) the synthetic dataset, plan and preprocess it, add the small configuration, and
     preprocess the unpaired MRI onto it."""
     from nnunetv2.utilities.dataset_name_id_conversion import convert_id_to_dataset_name
@@ -94,7 +95,7 @@ def prepare_dataset(steps: Steps, dataset_id: int, dim: str, num_train: int, num
     else:
         steps.run("generate the synthetic thorax CT dataset and unpaired MRI of other phantom patients",
                   OURS + ["make-synthetic", "--raw", raw, "-d", dataset_id, "--num-train", num_train,
-                          "--num-test", num_test, "--num-mri", num_mri, "--seed", seed])
+                          "--num-test", num_test, "--num-mri", num_mri, "--seed", seed, *synthetic_args])
     raw_folder = next(raw.glob(f"Dataset{dataset_id:03d}_*"))
     dataset_name = convert_id_to_dataset_name(dataset_id)
     parent, small, patch, batch, max_features = SMALL_CONFIGURATIONS[dim]

@@ -1,0 +1,293 @@
+"""Evaluation of ``nnunet_cmedl benchmark``: test predictions of every run and checkpoint, per-case and per-tumour
+metrics, paired tests pooled over seeds, learning curves and the teacher-vs-student figure.
+
+Pooling over seeds, two ways (both reported):
+  seed-averaged: each tumour's (case's) metric averaged over a method's seeds, then one pair per tumour (case)
+                 against the baseline's seed average; the pairs are independent units (the primary test);
+  pooled:        one pair per tumour (case) and seed, baseline and method with the same seed; more pairs, but the
+                 pairs of one tumour are not independent, so its p-values are optimistic.
+"""
+import contextlib
+import io
+import json
+import math
+from collections import defaultdict
+from pathlib import Path
+
+import numpy as np
+
+from nnunet_cmedl.evaluation import per_tumour
+from nnunet_cmedl.evaluation.compare_cli import paired_wilcoxon
+from nnunet_cmedl.evaluation.metrics import evaluate_folders
+from nnunet_cmedl.evaluation.tables import fmt, format_table
+from nnunet_cmedl.utils.atomic import atomic_file
+
+DIFFICULTIES = ("hard", "easy", "all")
+COMPLETE = ".benchmark_prediction_complete"
+
+
+# ------------------------------------------------------------------------------------------------ predictions
+def checkpoints(run) -> list:
+    """(epoch, checkpoint file name) of a finished run: the intermediate curve checkpoints, then the final one."""
+    import torch
+    from nnunet_cmedl.training.experiment import CURVE_CHECKPOINT_PATTERN
+    final = torch.load(run.folder / "checkpoint_final.pth", map_location="cpu", weights_only=False)["current_epoch"]
+    prefix = CURVE_CHECKPOINT_PATTERN.split("{")[0]
+    found = sorted((int(p.stem.removeprefix(prefix)), p.name) for p in run.folder.glob(prefix + "*.pth"))
+    return [(e, n) for e, n in found if e < final] + [(final, "checkpoint_final.pth")]
+
+
+def predict_checkpoint(run, checkpoint: str, images: Path, output: Path, device: str) -> Path:
+    """The test images through nnU-Net's predictor (what nnUNetv2_predict runs), tile step 0.5, no TTA."""
+    if (output / COMPLETE).is_file():
+        return output
+    import torch
+    from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
+    predictor = nnUNetPredictor(tile_step_size=0.5, use_gaussian=True, use_mirroring=False,
+                                perform_everything_on_device=device != "cpu", device=torch.device(device),
+                                verbose=False, allow_tqdm=False)
+    predictor.initialize_from_trained_model_folder(str(run.folder.parent), use_folds=(run.fold,),
+                                                   checkpoint_name=checkpoint)
+    output.mkdir(parents=True, exist_ok=True)
+    with contextlib.redirect_stdout(io.StringIO()):  # the sequential predictor prints a line per case
+        predictor.predict_from_files_sequential(str(images), str(output), save_probabilities=False, overwrite=True)
+    (output / COMPLETE).write_text(f"{run.trainer} fold {run.fold} {checkpoint}\n")
+    return output
+
+
+def evaluate_prediction(labels: Path, folder: Path, metadata: dict, key: str) -> dict:
+    """Per-case DSC/sDSC/HD95 and per-tumour rows of one prediction folder (cached beside it)."""
+    cache = folder / "benchmark_metrics.json"
+    if cache.is_file():
+        return json.loads(cache.read_text())
+    cases = evaluate_folders(labels, folder, labels=[1], tolerance_mm=2.0)
+    case_rows = [{"case": r["case"], **{k: r.get(k) for k in ("dsc", "sdsc", "hd95")}}
+                 for r in cases["per_case"] if r.get("label") in (1, "1")]
+    tumour_rows = per_tumour.tumour_rows(labels, {key: folder}, metadata)
+    result = {"cases": case_rows, "tumours": tumour_rows}
+    with atomic_file(cache) as f:
+        json.dump(result, f, default=float)
+    return result
+
+
+# ------------------------------------------------------------------------------------------------ statistics
+def _mean(values) -> float:
+    v = np.array([np.nan if x is None else x for x in values], dtype=float)
+    return float(np.nanmean(v)) if np.isfinite(v).any() else float("nan")
+
+
+def unit_values(results: dict, method: str, unit: str, difficulty: str, metric: str) -> dict:
+    """{seed: {unit id: value}} of one method at its final checkpoint; unit 'tumours' or 'cases'."""
+    out = {}
+    for seed, res in results[method].items():
+        rows = res["final"][unit]
+        out[seed] = {(r["case"], r.get("tumour")): r[metric] for r in rows
+                     if unit == "cases" or difficulty == "all" or r["difficulty"] == difficulty}
+    return out
+
+
+def paired_tests(base: dict, other: dict) -> dict:
+    """Seed-averaged and pooled paired Wilcoxon tests of ``other`` vs ``base`` ({seed: {unit: value}})."""
+    seeds = sorted(set(base) & set(other))
+    units = sorted(set.intersection(*(set(base[s]) & set(other[s]) for s in seeds))) if seeds else []
+
+    def clean(a, b):
+        a, b = np.array(a, dtype=float), np.array(b, dtype=float)
+        ok = np.isfinite(a) & np.isfinite(b)
+        return a[ok], b[ok]
+
+    a, b = clean([_mean(other[s][u] for s in seeds) for u in units], [_mean(base[s][u] for s in seeds) for u in units])
+    averaged = {"n": int(a.size), "mean_difference": float(np.mean(a - b)) if a.size else float("nan"),
+                **paired_wilcoxon(a, b)}
+    a, b = clean([other[s][u] for s in seeds for u in units], [base[s][u] for s in seeds for u in units])
+    pooled = {"n": int(a.size), "mean_difference": float(np.mean(a - b)) if a.size else float("nan"),
+              **paired_wilcoxon(a, b)}
+    return {"seeds": seeds, "seed_averaged": averaged, "pooled": pooled}
+
+
+def method_stats(values: dict) -> dict:
+    """Mean over units per seed, then mean and sd of those over seeds."""
+    per_seed = [_mean(v.values()) for v in values.values()]
+    return {"per_seed": per_seed, "mean": _mean(per_seed),
+            "sd_over_seeds": float(np.nanstd(per_seed, ddof=1)) if len(per_seed) > 1 else float("nan"),
+            "n_units": len(next(iter(values.values()), {}))}
+
+
+def curve_points(results: dict, method: str) -> dict:
+    """{difficulty: {'iterations': [...], 'minutes': [...], 'dsc': [[per seed] per point]}} of a method."""
+    out = {}
+    for difficulty in DIFFICULTIES:
+        epochs = sorted(set.intersection(*(set(r["curve"]) for r in results[method].values())))
+        values, minutes = [], []
+        for e in epochs:
+            values.append([_mean(t["dsc"] for t in r["curve"][e]["tumours"]
+                                 if difficulty == "all" or t["difficulty"] == difficulty)
+                           for r in results[method].values()])
+            minutes.append([r["minutes_at_epoch"].get(e, float("nan")) for r in results[method].values()])
+        out[difficulty] = {"epochs": epochs, "dsc": values, "minutes": minutes}
+    return out
+
+
+# ------------------------------------------------------------------------------------------------ evaluation
+def _training_log(run) -> dict:
+    import torch
+    checkpoint = torch.load(run.folder / "checkpoint_final.pth", map_location="cpu", weights_only=False)
+    return checkpoint["logging"]
+
+
+def evaluate(runs, data, workdir: Path, device: str, baseline: str, budget_name: str, train_seconds: dict,
+             command: str) -> dict:
+    from tqdm import tqdm
+    from nnunet_cmedl.training.benchmark_trainers import BUDGETS
+    metadata = per_tumour.load_metadata(data.raw_folder / "phantom_metadata.json")
+    labels, images = data.raw_folder / "labelsTs", data.raw_folder / "imagesTs"
+    results = defaultdict(dict)  # method -> seed -> {'final', 'curve', 'minutes_at_epoch', 'log'}
+    jobs = [(run, epoch, ck) for run in runs for epoch, ck in checkpoints(run)]
+    for run, epoch, ck in tqdm(jobs, desc="test predictions (runs x checkpoints)", unit="checkpoint"):
+        out = workdir / "predictions" / f"{run.trainer}_fold{run.fold}" / Path(ck).stem
+        evaluated = evaluate_prediction(labels, predict_checkpoint(run, ck, images, out, device), metadata,
+                                        run.name)
+        entry = results[run.name].setdefault(run.seed, {"curve": {}})
+        entry["curve"][epoch] = evaluated
+        if ck == "checkpoint_final.pth":
+            entry["final"] = evaluated
+            log = _training_log(run)
+            starts, ends = log["epoch_start_timestamps"], log["epoch_end_timestamps"]
+            entry["minutes_at_epoch"] = {e + 1: (ends[e] - starts[0]) / 60 for e in range(len(ends))}
+            entry["log"] = {k: log.get(k) for k in ("mean_fg_dice", "ema_fg_dice", "cmedl_teacher_pseudo_dice_pmri",
+                                                    "train_losses", "val_losses")}
+    iterations = BUDGETS[runs[0].trainer.split("_")[-2]]["num_iterations_per_epoch"]
+
+    methods = list(results)
+    summary = {"budget": budget_name, "configuration": data.configuration, "dataset": data.dataset_name,
+               "device": device, "command": command, "baseline": baseline, "iterations_per_epoch": iterations,
+               "runs": [{"method": r.name, "seed": r.seed, "fold": r.fold, "trainer": r.trainer,
+                         "folder": str(r.folder)} for r in runs],
+               "train_seconds_this_invocation": train_seconds,
+               "n_test_cases": len(next(iter(results[baseline].values()))["final"]["cases"]),
+               "tumours": {}, "cases": {}, "curves": {m: curve_points(results, m) for m in methods},
+               "minutes_per_run": {m: _mean(max(r["minutes_at_epoch"].values()) for r in results[m].values())
+                                   for m in methods},
+               "validation": {m: {s: r["log"] for s, r in results[m].items()} for m in methods}}
+    for metric in per_tumour.PER_TUMOUR_METRICS:
+        for difficulty in DIFFICULTIES:
+            base = unit_values(results, baseline, "tumours", difficulty, metric)
+            summary["tumours"].setdefault(difficulty, {})[metric] = {
+                m: {**method_stats(unit_values(results, m, "tumours", difficulty, metric)),
+                    **({} if m == baseline else
+                       {"vs_baseline": paired_tests(base, unit_values(results, m, "tumours", difficulty, metric))})}
+                for m in methods}
+    for metric in ("dsc", "sdsc", "hd95"):
+        base = unit_values(results, baseline, "cases", "all", metric)
+        summary["cases"][metric] = {
+            m: {**method_stats(unit_values(results, m, "cases", "all", metric)),
+                **({} if m == baseline else
+                   {"vs_baseline": paired_tests(base, unit_values(results, m, "cases", "all", metric))})}
+            for m in methods}
+    summary["n_tumours"] = {d: summary["tumours"][d]["dsc"][baseline]["n_units"] for d in DIFFICULTIES}
+    summary["figures"] = plot_all(summary, workdir)
+    return summary
+
+
+# ------------------------------------------------------------------------------------------------ figures, tables
+def plot_all(summary: dict, workdir: Path) -> dict:
+    from nnunet_cmedl.training.figures import save_figure, plt
+    colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    figures = {}
+    for x_axis in ("iterations", "minutes"):
+        fig, axes = plt.subplots(1, 3, figsize=(16, 4.5), sharey=True)
+        for ax, difficulty in zip(axes, DIFFICULTIES):
+            for i, (method, curves) in enumerate(summary["curves"].items()):
+                c = curves[difficulty]
+                if not c["epochs"]:
+                    continue
+                dsc = np.array(c["dsc"], dtype=float)
+                x = (np.array(c["epochs"]) * summary["iterations_per_epoch"] if x_axis == "iterations"
+                     else np.nanmean(np.array(c["minutes"], dtype=float), axis=1))
+                colour = colours[i % len(colours)]
+                ax.plot(x, np.nanmean(dsc, axis=1), "-o", ms=3, color=colour,
+                        label=f"{method} ({dsc.shape[1]} seed{'s' if dsc.shape[1] > 1 else ''})")
+                if dsc.shape[1] > 1:
+                    ax.fill_between(x, np.nanmin(dsc, axis=1), np.nanmax(dsc, axis=1), color=colour, alpha=0.15)
+            ax.set_title(f"{difficulty} tumours (n={summary['n_tumours'][difficulty]})")
+            ax.set_xlabel("training iterations" if x_axis == "iterations"
+                          else "training wall-clock, minutes (incl. nnU-Net's validation)")
+            ax.grid(alpha=0.3)
+        axes[0].set_ylabel("test DSC per tumour (mean; band: min-max over seeds)")
+        axes[-1].legend(fontsize=8, loc="upper left")
+        fig.suptitle(f"Learning curves on the test set ({summary['budget']} budget, {summary['configuration']})")
+        path = workdir / f"learning_curves_{x_axis}.png"
+        save_figure(fig, path)
+        figures[f"learning_curves_{x_axis}"] = str(path)
+
+    fig, ax = plt.subplots(figsize=(8, 4.5))
+    for i, (method, seeds) in enumerate(summary["validation"].items()):
+        colour = colours[i % len(colours)]
+        for j, (seed, log) in enumerate(seeds.items()):
+            ax.plot(log["mean_fg_dice"], color=colour, alpha=0.8, lw=1,
+                    label=f"{method}: student on CT" if j == 0 else None)
+            teacher = log.get("cmedl_teacher_pseudo_dice_pmri")
+            if teacher:
+                ax.plot(teacher, "--", color=colour, alpha=0.8, lw=1,
+                        label=f"{method}: teacher on pMRI" if j == 0 else None)
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("validation pseudo-Dice (nnU-Net's, per epoch)")
+    ax.set_title("Teacher on pMRI vs student on CT (fold-0 validation; one line per seed)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    path = workdir / "teacher_vs_student.png"
+    save_figure(fig, path)
+    figures["teacher_vs_student"] = str(path)
+    return figures
+
+
+def _cell(stats: dict) -> str:
+    return f"{fmt(stats['mean'])} ± {fmt(stats['sd_over_seeds'])}"
+
+
+def _p(stats: dict, how: str) -> str:
+    test = stats.get("vs_baseline", {}).get(how)
+    if not test:
+        return ""
+    p = test["p_value"]
+    return f"{test['mean_difference']:+.3f} (p={'n/a' if p is None or math.isnan(p) else fmt(p, 4)}, n={test['n']})"
+
+
+def tables(summary: dict) -> str:
+    baseline = summary["baseline"]
+    headers = ["tumours", "method", "DSC", "sDSC 2mm", "HD95 mm", "recall",
+               f"ΔDSC vs {baseline}, seed-averaged", "ΔDSC pooled (tumour x seed)"]
+    rows = []
+    for difficulty in DIFFICULTIES:
+        entry = summary["tumours"][difficulty]
+        for method in entry["dsc"]:
+            rows.append([f"{difficulty} (n={summary['n_tumours'][difficulty]})", method,
+                         *(_cell(entry[k][method]) for k in per_tumour.PER_TUMOUR_METRICS),
+                         _p(entry["dsc"][method], "seed_averaged"), _p(entry["dsc"][method], "pooled")])
+    out = format_table(headers, rows, "Per tumour at the final checkpoint (mean over tumours, then mean ± sd over "
+                                      "seeds; neighbourhood 10 mm; paired two-sided Wilcoxon)")
+    headers = ["method", "DSC", "sDSC 2mm", "HD95 mm", f"ΔDSC vs {baseline}, seed-averaged", "ΔDSC pooled",
+               "train min/run"]
+    rows = [[m, *(_cell(summary["cases"][k][m]) for k in ("dsc", "sdsc", "hd95")),
+             _p(summary["cases"]["dsc"][m], "seed_averaged"), _p(summary["cases"]["dsc"][m], "pooled"),
+             fmt(summary["minutes_per_run"][m], 1)] for m in summary["cases"]["dsc"]]
+    out += "\n\n" + format_table(headers, rows, f"Per case (n={summary['n_test_cases']} test cases)")
+    headers = ["method", "tumours", *(str(e * summary["iterations_per_epoch"]) for e in
+                                      next(iter(summary["curves"].values()))["hard"]["epochs"])]
+    rows = []
+    for method, curves in summary["curves"].items():
+        for difficulty in DIFFICULTIES:
+            rows.append([method, difficulty, *(fmt(_mean(v)) for v in curves[difficulty]["dsc"])])
+    out += "\n\n" + format_table(headers, rows, "Learning curves: test DSC per tumour (mean over seeds) vs iterations")
+    return out
+
+
+def write_summary(summary: dict, workdir: Path) -> None:
+    with atomic_file(workdir / "benchmark_summary.json") as f:
+        json.dump(summary, f, indent=1, default=float)
+    text = tables(summary)
+    with atomic_file(workdir / "benchmark_summary.md") as f:
+        f.write(f"# Benchmark ({summary['budget']} budget, {summary['configuration']}, {summary['device']})\n\n"
+                f"Command: `{summary['command']}`\n\n```\n{text}\n```\n\n"
+                + "".join(f"![{k}]({Path(v).name})\n" for k, v in summary["figures"].items()))
+    print(text)

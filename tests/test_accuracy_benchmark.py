@@ -1,0 +1,208 @@
+"""The accuracy benchmark's parts: seeds, exact mid-run resume, hint options, the hard tumours' CT signal, splits,
+paired tests pooled over seeds, and the evaluation of a run's checkpoints on test data."""
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import SMALL_2D
+from test_trainer_cmedl import all_tensors, make_trainer
+
+
+def tiny(trainer, epochs=2, iterations=2, seed=None):
+    trainer.num_epochs, trainer.num_iterations_per_epoch, trainer.num_val_iterations_per_epoch = epochs, iterations, 1
+    trainer.seed = seed
+    return trainer
+
+
+# ------------------------------------------------------------------------------------------------ seeds
+def test_a_seeded_cmedl_run_repeats_exactly_and_another_seed_differs(planned_dataset, monkeypatch):
+    from nnunet_cmedl.training import nnUNetTrainerCMEDL_tinyCPU
+    runs = []
+    for seed in (3, 3, 4):
+        t = tiny(make_trainer(planned_dataset, nnUNetTrainerCMEDL_tinyCPU, SMALL_2D, monkeypatch), seed=seed)
+        t.run_training()
+        runs.append(all_tensors(t))
+    same, other = runs[0], runs[2]
+    assert all(torch.equal(same[k], runs[1][k]) for k in same)
+    differs = [k for k in same if not torch.equal(same[k], other[k])]
+    assert any(k.startswith("student.") for k in differs) and any(k.startswith("i2i.") for k in differs)
+
+
+def test_generated_benchmark_trainers_seed_plain_nnunet_too(planned_dataset, monkeypatch):
+    from nnunet_cmedl.training import benchmark_trainers
+    cls = getattr(benchmark_trainers, benchmark_trainers.trainer_name("nnU-Net", "benchCPU", 1))
+    assert cls.__name__ == "nnUNetTrainer_benchCPU_seed1"
+    weights = []
+    for _ in range(2):
+        t = make_trainer(planned_dataset, cls, SMALL_2D, monkeypatch)
+        assert (t.seed, t.num_epochs, t.num_iterations_per_epoch, t.curve_checkpoint_every) == (1, 30, 20, 10)
+        t = tiny(t, epochs=1, seed=1)
+        t.run_training()
+        weights.append(t.network.state_dict())
+    assert all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0])
+    cmedl = getattr(benchmark_trainers, "nnUNetTrainerCMEDL_noHint_benchCPU_seed2")
+    t = make_trainer(planned_dataset, cmedl, SMALL_2D, monkeypatch)
+    assert (t.seed, t.lambda_hint, t.generator_features, t.num_epochs) == (2, 0.0, 16, 30)
+
+
+def test_resume_mid_run_continues_exactly_like_the_uninterrupted_run(planned_dataset, monkeypatch, tmp_path):
+    """3 epochs straight vs 1 epoch, a new process-like trainer loading checkpoint_latest.pth, then 2 more."""
+    from nnunet_cmedl.training import nnUNetTrainerCMEDL_tinyCPU
+    straight = tiny(make_trainer(planned_dataset, nnUNetTrainerCMEDL_tinyCPU, SMALL_2D, monkeypatch), 3, seed=5)
+    straight.run_training()
+    expected = all_tensors(straight)
+
+    first = tiny(make_trainer(planned_dataset, nnUNetTrainerCMEDL_tinyCPU, SMALL_2D, monkeypatch), 3, seed=5)
+    start_epoch = first.on_train_epoch_start
+
+    def killed_after_epoch_0():  # like a kill: epoch 0 wrote checkpoint_latest (save_every = 1), nothing after
+        if first.current_epoch == 1:
+            raise KeyboardInterrupt
+        start_epoch()
+    first.on_train_epoch_start = killed_after_epoch_0
+    with pytest.raises(KeyboardInterrupt):
+        first.run_training()
+    latest = tmp_path / "checkpoint_latest.pth"
+    latest.write_bytes((Path(first.output_folder) / "checkpoint_latest.pth").read_bytes())
+    torch.manual_seed(123), np.random.seed(123)  # whatever happened in between
+    resumed = tiny(make_trainer(planned_dataset, nnUNetTrainerCMEDL_tinyCPU, SMALL_2D, monkeypatch), 3, seed=5)
+    resumed.load_checkpoint(str(latest))
+    assert resumed.current_epoch == 1
+    resumed.run_training()
+    got = all_tensors(resumed)
+    assert got.keys() == expected.keys()
+    mismatched = [k for k in expected if not torch.equal(expected[k], got[k])]
+    assert not mismatched, mismatched[:5]
+    log_a, log_b = (t.logger.get_checkpoint() for t in (straight, resumed))
+    np.testing.assert_array_equal(log_a["train_losses"], log_b["train_losses"])
+    np.testing.assert_array_equal(log_a["cmedl_hint"], log_b["cmedl_hint"])
+
+
+# ------------------------------------------------------------------------------------------------ hint options
+def test_channel_normalised_hint_ignores_scale_and_offset_but_not_pattern():
+    from nnunet_cmedl.distillation.hint import hint_loss
+    torch.manual_seed(0)
+    teacher = [torch.randn(2, 4, 8, 8), torch.randn(2, 3, 16, 16)]
+    scaled = [10 * t + 3 for t in teacher]
+    assert hint_loss(scaled, teacher, normalisation="none") > 1
+    assert hint_loss(scaled, teacher, normalisation="channel") < 1e-4
+    assert hint_loss([torch.randn_like(t) for t in teacher], teacher, normalisation="channel") > 1
+    with pytest.raises(ValueError, match="normalisation"):
+        hint_loss(teacher, teacher, normalisation="layer")
+
+
+def test_hint_warm_up_ramps_and_the_gate_waits_for_the_teacher(planned_dataset, monkeypatch):
+    from nnunet_cmedl.training import nnUNetTrainerCMEDL_hintWarmup, nnUNetTrainerCMEDL_teacherAhead
+    t = make_trainer(planned_dataset, nnUNetTrainerCMEDL_hintWarmup, SMALL_2D, monkeypatch)
+    t.num_epochs = 30
+    assert [t.hint_weight(e) for e in (0, 5, 10, 20)] == [0.0, 0.5, 1.0, 1.0]
+    g = make_trainer(planned_dataset, nnUNetTrainerCMEDL_teacherAhead, SMALL_2D, monkeypatch)
+    g.initialize()
+    logs = g.logger.get_checkpoint()
+    assert g.hint_weight(0) == 0.0  # no validation yet
+    logs["dice_per_class_or_region"] = [[0.4]]
+    logs["cmedl_teacher_pseudo_dice_pmri"] = [0.3]
+    assert g.hint_weight(1) == 0.0
+    logs["dice_per_class_or_region"].append([0.4])
+    logs["cmedl_teacher_pseudo_dice_pmri"].append(0.5)
+    assert g.hint_weight(2) == 1.0
+
+
+# ------------------------------------------------------------------------------------------------ data
+def test_enhancing_atelectasis_gives_hard_tumours_a_subtle_lung_side_edge_only():
+    from nnunet_cmedl.synthetic import phantom
+    grid = phantom.Grid((32, 96, 128), (5.0, 3.0, 3.0))
+    for index in range(3):
+        signal, none = (phantom.make_ct_volume(0, index, grid, s) for s in ("enhancing-atelectasis", "none"))
+        assert np.array_equal(signal.maps.tissue, none.maps.tissue)  # same patient, same anatomy
+        for t, m_signal, m_none in zip(signal.anatomy.tumours, phantom.measure_tumours(signal),
+                                       phantom.measure_tumours(none)):
+            if t.location != "mediastinal":
+                continue
+            assert 10 <= t.atelectasis_enhancement_hu <= 25
+            # measured on the noisy image: the tumour is darker than its collapsed lung by about the enhancement,
+            # and as close to the mediastinum as without the signal
+            assert m_signal["contrast_vs_atelectasis"] < -6
+            assert abs(m_none["contrast_vs_atelectasis"]) < 8
+            assert m_signal["contrast_vs_mediastinum"] == pytest.approx(m_none["contrast_vs_mediastinum"], abs=1.0)
+    with pytest.raises(Exception, match="hard tumour CT signal"):
+        phantom.make_ct_volume(0, 0, grid, "bright")
+
+
+# ------------------------------------------------------------------------------------------------ benchmark parts
+def test_benchmark_splits_give_the_reference_four_times_the_labels_and_never_overwrite(tmp_path):
+    from nnunet_cmedl.benchmark import benchmark_splits, write_splits
+    from nnunet_cmedl.errors import UserInputError
+    cases = [f"c{i:02d}" for i in range(14)]
+    splits = benchmark_splits(cases, n_labelled=3, n_val=2, reference_factor=4)
+    assert splits[0]["train"] == cases[:3] and splits[1]["train"] == cases[:12]
+    assert splits[0]["val"] == splits[1]["val"] == cases[-2:]
+    assert not set(splits[1]["train"]) & set(splits[1]["val"])
+    path = write_splits(tmp_path, splits)
+    assert json.loads(path.read_text()) == splits
+    write_splits(tmp_path, splits)  # the same splits: fine
+    with pytest.raises(UserInputError, match="other splits"):
+        write_splits(tmp_path, benchmark_splits(cases, 2, 2, 4))
+    assert json.loads(path.read_text()) == splits
+    with pytest.raises(UserInputError, match="needs 14"):
+        benchmark_splits(cases[:13], 3, 2, 4)
+
+
+def test_paired_tests_pool_over_seeds_both_ways():
+    from nnunet_cmedl.evaluation.benchmark_report import paired_tests
+    rng = np.random.default_rng(0)
+    units = [("case", i) for i in range(12)]
+    base = {s: {u: float(rng.uniform(0.2, 0.6)) for u in units} for s in range(3)}
+    better = {s: {u: v + 0.1 + 0.01 * s for u, v in base[s].items()} for s in range(3)}
+    t = paired_tests(base, better)
+    assert t["seed_averaged"]["n"] == 12 and t["pooled"]["n"] == 36
+    assert t["seed_averaged"]["mean_difference"] == pytest.approx(0.11)
+    assert t["seed_averaged"]["p_value"] < 0.001 and t["pooled"]["p_value"] < 1e-6
+    same = paired_tests(base, base)
+    assert same["pooled"]["mean_difference"] == 0 and "zero" in same["pooled"]["note"]
+
+
+def test_benchmark_evaluates_every_checkpoint_of_a_run_on_the_test_set(planned_dataset, monkeypatch, tmp_path):
+    """A seeded run with light checkpoints, then the benchmark's evaluation: predictions from each checkpoint,
+    per-case and per-tumour metrics (hard/easy from the phantom metadata), curves, figures, tables."""
+    from nnunet_cmedl import pipeline
+    from nnunet_cmedl.evaluation import benchmark_report
+    from nnunet_cmedl.training import benchmark_trainers
+    cls = getattr(benchmark_trainers, "nnUNetTrainerCMEDL_benchCPU_seed0")
+    t = tiny(make_trainer(planned_dataset, cls, SMALL_2D, monkeypatch), epochs=3, iterations=2, seed=0)
+    t.curve_checkpoint_every, t.generator_features, t.generator_res_blocks, t.discriminator_features = 1, 4, 1, 4
+    t.run_training()
+    folder = Path(t.output_folder)
+    assert sorted(p.name for p in folder.glob("checkpoint_epoch_*.pth")) == \
+        [f"checkpoint_epoch_{e:04d}.pth" for e in (1, 2, 3)]
+    light = torch.load(folder / "checkpoint_epoch_0002.pth", map_location="cpu", weights_only=False)
+    assert light["trainer_name"] == cls.__name__ and "optimizer_state" not in light
+
+    class FakeRun:
+        name, seed, fold, trainer = "CMEDL", 0, 0, cls.__name__
+    run = FakeRun()
+    run.folder = folder
+    assert [e for e, _ in benchmark_report.checkpoints(run)] == [1, 2, 3]
+    monkeypatch.setenv("nnUNet_extTrainer", planned_dataset["env"]["nnUNet_extTrainer"])
+    data = pipeline.PreparedDataset(planned_dataset["dataset_id"], planned_dataset["dataset_name"],
+                                    Path(planned_dataset["raw_folder"]), SMALL_2D)
+    summary = benchmark_report.evaluate([run], data, tmp_path, "cpu", baseline="CMEDL", budget_name="test",
+                                        train_seconds={}, command="test")
+    n_cases = len(list((data.raw_folder / "labelsTs").glob("*.nii.gz")))
+    assert summary["n_test_cases"] == n_cases
+    metadata = json.loads((data.raw_folder / "phantom_metadata.json").read_text())
+    hard = sum(r["difficulty"] == "hard" for c in metadata["ct_cases"].values() if c["split"] == "test"
+               for r in c["tumours"] if r["voxels"])
+    assert summary["n_tumours"]["hard"] == hard
+    curves = summary["curves"]["CMEDL"]["all"]
+    assert curves["epochs"] == [1, 2, 3] and len(curves["dsc"]) == 3
+    for name in ("learning_curves_iterations", "learning_curves_minutes", "teacher_vs_student"):
+        assert Path(summary["figures"][name]).stat().st_size > 5000
+    for e in (1, 2, 3):  # every checkpoint predicted every test case
+        ck = "checkpoint_final" if e == 3 else f"checkpoint_epoch_{e:04d}"
+        assert len(list((tmp_path / "predictions" / f"{cls.__name__}_fold0" / ck).glob("*.nii.gz"))) == n_cases
+    benchmark_report.write_summary(summary, tmp_path)
+    assert "hard (n=" in (tmp_path / "benchmark_summary.md").read_text()
