@@ -22,7 +22,7 @@ Settings (which methods, which hint options) are chosen by the validation pseudo
 in the figures); the test set is only predicted with trained models, never used to pick settings.
 
 Budgets:
-  cpu (default): 2d, 64x64 patches, batch 8, at most 32 feature maps; 30 epochs x 20 iterations (600), checkpoints
+  cpu (default): 2d, 64x64 patches, batch 8, at most 32 feature maps; 40 epochs x 30 iterations (1200), checkpoints
                  every 10 epochs; 10 labelled cases (+40 for the reference), 4 validation, 20 test, 16 MRI;
                  methods nnU-Net, CMEDL, CMEDL_noHint, CMEDL_FastCUT; seeds 0 1 2; reference seed 0.
   gpu:           nnU-Net's 3d_fullres as planned, 100 epochs x 250 iterations, checkpoints every 10 epochs; 20 labelled
@@ -80,7 +80,7 @@ class Run:
 
     def __init__(self, method: str, seed: int, fold: int, budget: str, data: pipeline.PreparedDataset, steps):
         from nnunet_cmedl.training.benchmark_trainers import trainer_name
-        self.method, self.seed, self.fold = method, seed, fold
+        self.method, self.seed, self.fold, self.budget = method, seed, fold, budget
         self.name = REFERENCE if fold == 1 else method
         self.trainer = trainer_name("nnU-Net" if method == REFERENCE else method, budget, seed)
         self.folder = pipeline.results_folder(steps, data, self.trainer) / f"fold_{fold}"
@@ -105,11 +105,17 @@ def finished(run: Run) -> bool:
     path = run.folder / "checkpoint_final.pth"
     if not path.is_file():
         return False
+    from nnunet_cmedl.training.benchmark_trainers import BUDGETS
     checkpoint = torch.load(path, map_location="cpu", weights_only=False)
     kwargs = checkpoint.get("init_args", {})
     if checkpoint.get("trainer_name") != run.trainer or kwargs.get("fold") != run.fold:
         raise UserInputError(f"{path}: written by {checkpoint.get('trainer_name')} fold {kwargs.get('fold')}, "
                              f"not by {run.trainer} fold {run.fold}; move it away or use another --workdir")
+    epochs = BUDGETS[run.budget]["num_epochs"]
+    if checkpoint.get("current_epoch") != epochs:
+        raise UserInputError(f"{path}: trained {checkpoint.get('current_epoch')} epochs, the {run.budget} budget is "
+                             f"{epochs}; it comes from another version of the budget: move it away or use another "
+                             f"--workdir")
     return True
 
 

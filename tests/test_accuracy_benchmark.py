@@ -38,14 +38,14 @@ def test_generated_benchmark_trainers_seed_plain_nnunet_too(planned_dataset, mon
     weights = []
     for _ in range(2):
         t = make_trainer(planned_dataset, cls, SMALL_2D, monkeypatch)
-        assert (t.seed, t.num_epochs, t.num_iterations_per_epoch, t.curve_checkpoint_every) == (1, 30, 20, 10)
+        assert (t.seed, t.num_epochs, t.num_iterations_per_epoch, t.curve_checkpoint_every) == (1, 40, 30, 10)
         t = tiny(t, epochs=1, seed=1)
         t.run_training()
         weights.append(t.network.state_dict())
     assert all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0])
     cmedl = getattr(benchmark_trainers, "nnUNetTrainerCMEDL_noHint_benchCPU_seed2")
     t = make_trainer(planned_dataset, cmedl, SMALL_2D, monkeypatch)
-    assert (t.seed, t.lambda_hint, t.generator_features, t.num_epochs) == (2, 0.0, 16, 30)
+    assert (t.seed, t.lambda_hint, t.generator_features, t.num_epochs) == (2, 0.0, 16, 40)
 
 
 def test_resume_mid_run_continues_exactly_like_the_uninterrupted_run(planned_dataset, monkeypatch, tmp_path):
