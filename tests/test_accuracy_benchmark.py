@@ -206,3 +206,39 @@ def test_benchmark_evaluates_every_checkpoint_of_a_run_on_the_test_set(planned_d
         assert len(list((tmp_path / "predictions" / f"{cls.__name__}_fold0" / ck).glob("*.nii.gz"))) == n_cases
     benchmark_report.write_summary(summary, tmp_path)
     assert "hard (n=" in (tmp_path / "benchmark_summary.md").read_text()
+
+
+def test_benchmark_reuses_only_a_finished_run_of_the_same_trainer_and_budget(tmp_path):
+    from nnunet_cmedl import benchmark
+    from nnunet_cmedl.errors import UserInputError
+
+    class Data:
+        dataset_name, configuration = "Dataset502_X", "2d_bench"
+
+    class Steps:
+        env = {"nnUNet_results": str(tmp_path)}
+    run = benchmark.Run("CMEDL", 1, 0, "benchCPU", Data, Steps)
+    assert run.trainer == "nnUNetTrainerCMEDL_benchCPU_seed1"
+    assert run.folder == tmp_path / "Dataset502_X" / f"{run.trainer}__nnUNetPlans__2d_bench" / "fold_0"
+    assert not benchmark.finished(run)
+    run.folder.mkdir(parents=True)
+    final = run.folder / "checkpoint_final.pth"
+    torch.save({"trainer_name": run.trainer, "init_args": {"fold": 0}, "current_epoch": 40}, final)
+    assert benchmark.finished(run)
+    torch.save({"trainer_name": run.trainer, "init_args": {"fold": 0}, "current_epoch": 30}, final)
+    with pytest.raises(UserInputError, match="trained 30 epochs, the benchCPU budget is 40"):
+        benchmark.finished(run)
+    torch.save({"trainer_name": "nnUNetTrainerCMEDL_benchCPU_seed2", "init_args": {"fold": 0},
+                "current_epoch": 40}, final)
+    with pytest.raises(UserInputError, match="not by nnUNetTrainerCMEDL_benchCPU_seed1"):
+        benchmark.finished(run)
+    reference = benchmark.Run(benchmark.REFERENCE, 0, 1, "benchCPU", Data, Steps)
+    assert (reference.name, reference.trainer, reference.folder.name) == \
+        ("nnU-Net_4xLabels", "nnUNetTrainer_benchCPU_seed0", "fold_1")
+
+
+def test_benchmark_cli_refuses_seeds_without_trainers(capsys):
+    from nnunet_cmedl.cli import main
+    assert main(["benchmark", "--seeds", "0", "9", "--workdir", "/nonexistent/x"]) != 0
+    err = capsys.readouterr().err
+    assert "seeds 0-4" in err and "Traceback" not in err
