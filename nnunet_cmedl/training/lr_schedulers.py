@@ -1,30 +1,21 @@
-from torch.optim.lr_scheduler import _LRScheduler
+"""The GAN part's learning-rate schedule, CycleGAN's 'linear' policy, as a torch LambdaLR."""
+import warnings
+
+from torch.optim.lr_scheduler import LambdaLR
 
 
-class ConstantThenLinearDecayLR(_LRScheduler):
-    """CycleGAN's 'linear' policy in epochs: the initial learning rate for the first ``constant_fraction`` of the
-    epochs, then a linear decay to zero. Stepped like nnU-Net's PolyLRScheduler (``step(current_epoch)``)."""
+def constant_then_linear_decay(optimizer, num_epochs: int, constant_fraction: float = 0.5) -> LambdaLR:
+    """The optimizer's learning rate for the first ``constant_fraction`` of the epochs, then a linear decay to zero.
+    Step it once per epoch with ``set_epoch``."""
+    constant_epochs = int(round(num_epochs * constant_fraction))
+    decay_epochs = max(1, num_epochs - constant_epochs)
+    return LambdaLR(optimizer, lambda epoch: 1.0 - max(0, epoch - constant_epochs) / decay_epochs)
 
-    def __init__(self, optimizer, initial_lr: float, num_epochs: int, constant_fraction: float = 0.5):
-        self.optimizer = optimizer
-        self.initial_lr = initial_lr
-        self.num_epochs = num_epochs
-        self.constant_fraction = constant_fraction
-        self.ctr = 0
-        super().__init__(optimizer, -1)
 
-    def lr_at(self, epoch: int) -> float:
-        constant_epochs = int(round(self.num_epochs * self.constant_fraction))
-        decay_epochs = max(1, self.num_epochs - constant_epochs)
-        return self.initial_lr * (1.0 - max(0, epoch - constant_epochs) / decay_epochs)
-
-    def step(self, current_step=None):
-        if current_step is None or current_step == -1:
-            current_step = self.ctr
-            self.ctr += 1
-        for group in self.optimizer.param_groups:
-            group["lr"] = self.lr_at(current_step)
-        self._last_lr = [group["lr"] for group in self.optimizer.param_groups]
-
-    def get_last_lr(self):
-        return self._last_lr
+def set_epoch(scheduler: LambdaLR, epoch: int) -> None:
+    """The learning rate of ``epoch``, set the way nnU-Net's PolyLRScheduler.step(current_epoch) sets its own
+    (without LambdaLR's deprecated epoch argument): right after a resume as in an uninterrupted run."""
+    scheduler.last_epoch = epoch - 1
+    with warnings.catch_warnings():  # epoch 0 is set before the first optimizer step, on purpose
+        warnings.filterwarnings("ignore", message="Detected call of `lr_scheduler.step()` before")
+        scheduler.step()

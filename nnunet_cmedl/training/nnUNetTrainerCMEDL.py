@@ -33,7 +33,7 @@ from nnunet_cmedl.i2i import I2I_METHODS, build_i2i
 from nnunet_cmedl.i2i.networks import I2IArchitecture
 from nnunet_cmedl.training import figures
 from nnunet_cmedl.training.experiment import ExperimentMixin, worker_seeds
-from nnunet_cmedl.training.lr_schedulers import ConstantThenLinearDecayLR
+from nnunet_cmedl.training.lr_schedulers import constant_then_linear_decay, set_epoch
 from nnunet_cmedl.utils.atomic import atomic_temp_path, replace_path
 
 # per-iteration losses returned by train_step and logged once per epoch (key in nnU-Net's logger: 'cmedl_' + name);
@@ -158,10 +158,10 @@ class nnUNetTrainerCMEDL(ExperimentMixin, nnUNetTrainer):
                                                      betas=self.gan_betas)
         self.optimizer_discriminators = torch.optim.Adam(self.i2i.discriminator_parameters(), self.gan_initial_lr,
                                                          betas=self.gan_betas)
-        self.lr_scheduler_generators = ConstantThenLinearDecayLR(
-            self.optimizer_generators, self.gan_initial_lr, self.num_epochs, self.gan_constant_lr_fraction)
-        self.lr_scheduler_discriminators = ConstantThenLinearDecayLR(
-            self.optimizer_discriminators, self.gan_initial_lr, self.num_epochs, self.gan_constant_lr_fraction)
+        self.lr_scheduler_generators = constant_then_linear_decay(
+            self.optimizer_generators, self.num_epochs, self.gan_constant_lr_fraction)
+        self.lr_scheduler_discriminators = constant_then_linear_decay(
+            self.optimizer_discriminators, self.num_epochs, self.gan_constant_lr_fraction)
 
     # ------------------------------------------------------------------ the training step: CMEDL's loss sum
     def train_step(self, batch: dict) -> dict:
@@ -251,8 +251,9 @@ class nnUNetTrainerCMEDL(ExperimentMixin, nnUNetTrainer):
         super().on_train_epoch_start()  # student: train mode, PolyLR step
         self.teacher.train()
         self.i2i.train()
-        for scheduler in (self.lr_scheduler_teacher, self.lr_scheduler_generators, self.lr_scheduler_discriminators):
-            scheduler.step(self.current_epoch)
+        self.lr_scheduler_teacher.step(self.current_epoch)  # nnU-Net's PolyLR, like the student's
+        for scheduler in (self.lr_scheduler_generators, self.lr_scheduler_discriminators):
+            set_epoch(scheduler, self.current_epoch)
         self._snapshot_due = self.current_epoch % self.save_snapshot_every == 0
         self._hint_weight = self.hint_weight(self.current_epoch)
         if self._hint_weight != self.lambda_hint:
