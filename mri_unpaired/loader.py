@@ -21,7 +21,7 @@ from nnunetv2.training.dataloading.data_loader import nnUNetDataLoader
 from nnunetv2.utilities.default_n_proc_DA import get_allowed_n_proc_DA
 from threadpoolctl import threadpool_limits
 
-from nnunet_cmedl.errors import UserInputError
+from mri_unpaired.errors import UserInputError
 from mri_unpaired.paths import CASE_DATA_ENDING, case_files, read_manifest, unpaired_mri_folder
 from mri_unpaired.plans import geometry_hash
 

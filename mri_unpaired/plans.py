@@ -5,7 +5,7 @@ import hashlib
 import json
 import os
 
-from nnunet_cmedl.errors import UserInputError
+from mri_unpaired.errors import UserInputError, first_line
 
 # bump when the stored MRI changes meaning (it invalidates every existing output folder: they are refused until
 # rebuilt with --overwrite)
@@ -58,7 +58,7 @@ def resolve_configuration(plans: dict, configuration: str, plans_file: str = "pl
     try:
         resolved = PlansManager(copy.deepcopy(plans))._internal_resolve_configuration_inheritance(configuration)
     except (ValueError, RuntimeError) as e:
-        raise UserInputError(f"configuration {configuration!r} in {plans_file}: {str(e).splitlines()[0]}") from None
+        raise UserInputError(f"configuration {configuration!r} in {plans_file}: {first_line(e)}") from None
     missing = [k for k in ("data_identifier", "spacing", "patch_size", "batch_size", "resampling_fn_data",
                            "resampling_fn_data_kwargs") if k not in resolved]
     if missing:

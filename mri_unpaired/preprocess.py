@@ -15,14 +15,13 @@ import json
 import multiprocessing
 import os
 import shutil
-import sys
 import tempfile
 import time
 from datetime import datetime, timezone
 
-from nnunet_cmedl.errors import UserInputError
-from nnunet_cmedl.utils.atomic import atomic_directory, atomic_file
-from nnunet_cmedl.utils.nnunet_env import find_dataset_name, require_env
+from mri_unpaired.errors import UserInputError
+from mri_unpaired.atomic import atomic_directory, atomic_file, current_umask
+from mri_unpaired.nnunet_env import find_dataset_name, require_env
 
 from mri_unpaired.paths import MANIFEST_NAME, case_files, manifest_path, read_manifest, unpaired_mri_folder_for
 from mri_unpaired.plans import (MRI_FORMAT_VERSION, MRI_IMAGE_READER, MRI_NORMALIZATION, MRI_PREPROCESSOR,
@@ -278,15 +277,9 @@ def _manifest(job, cases: dict, created: str) -> dict:
     }
 
 
-def _umask() -> int:
-    um = os.umask(0)
-    os.umask(um)
-    return um
-
-
 def _write_manifest(path, manifest):
     with atomic_file(path) as f:
-        os.fchmod(f.fileno(), 0o666 & ~_umask())  # mkstemp makes 0600; give it the permissions of a normal file
+        os.fchmod(f.fileno(), 0o666 & ~current_umask())  # mkstemp makes 0600; give it the permissions of a normal file
         json.dump(manifest, f, indent=1)
         f.write("\n")
 
@@ -340,7 +333,7 @@ def run(job: Job) -> int:
         t0 = time.time()
         if job.fresh:
             with atomic_directory(job.out_folder, overwrite=True) as tmp:
-                os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp makes 0700; nnU-Net's folders are world-readable
+                os.chmod(tmp, 0o777 & ~current_umask())  # mkdtemp makes 0700; nnU-Net's folders are world-readable
                 process_into(str(tmp))
                 _write_manifest(manifest_path(str(tmp)), _manifest(job, cases, created))
         else:
@@ -367,7 +360,3 @@ def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     return run(Job(args))
 
-
-if __name__ == "__main__":
-    from nnunet_cmedl.cli import run_command
-    sys.exit(run_command("preprocess-mri", sys.argv[1:]))

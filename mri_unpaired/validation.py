@@ -8,12 +8,11 @@ Axis order: shapes and spacings of sources are given in array order as SimpleITK
 """
 import gzip
 import os
-import re
 import zlib
 
 import numpy as np
 
-from nnunet_cmedl.errors import UserInputError
+from mri_unpaired.errors import UserInputError, itk_message
 
 # longest first, matched case-insensitively
 IMAGE_ENDINGS = (".nii.gz", ".gipl.gz", ".nii", ".mha", ".mhd", ".nrrd", ".nhdr", ".gipl", ".hdr", ".vtk", ".mnc")
@@ -59,17 +58,6 @@ def discover_mri_files(folder: str):
             " (it is empty)"
         raise UserInputError(f"{folder}: no MRI image files ({', '.join(IMAGE_ENDINGS)}){what}")
     return cases, ignored
-
-
-def _itk_message(e: Exception) -> str:
-    lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
-    picked = [ln for ln in lines if "ERROR" in ln]
-    msg = picked[0] if picked else (lines[-1] if lines else type(e).__name__)
-    msg = re.sub(r"^.*?ERROR:\s*", "", msg)
-    msg = re.sub(r"\(0x[0-9a-fA-F]+\)", "", msg)
-    if lines and lines[-1] not in msg and lines[-1] != msg and "ERROR" not in lines[-1]:
-        msg += " / " + lines[-1]
-    return " ".join(msg.split())[:300]
 
 
 def _gzip_length(path: str) -> int:
@@ -155,7 +143,7 @@ def check_mri_file(path: str, allow_2d: bool):
     try:
         reader.ReadImageInformation()
     except RuntimeError as e:
-        return bad(f"cannot be read as an image ({_itk_message(e)})")
+        return bad(f"cannot be read as an image ({itk_message(e)})")
     dim = reader.GetDimension()
     size = list(reader.GetSize())
     shape = size[::-1]
@@ -182,7 +170,7 @@ def check_mri_file(path: str, allow_2d: bool):
     try:
         img = reader.Execute()
     except RuntimeError as e:
-        return bad(f"cannot be read as an image ({_itk_message(e)})")
+        return bad(f"cannot be read as an image ({itk_message(e)})")
     a = sitk.GetArrayViewFromImage(img)
     if np.issubdtype(a.dtype, np.floating):
         n_bad = int(a.size - np.count_nonzero(np.isfinite(a)))

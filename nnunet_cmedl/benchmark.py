@@ -36,7 +36,7 @@ from pathlib import Path
 
 from nnunet_cmedl import pipeline
 from nnunet_cmedl.errors import UserInputError
-from nnunet_cmedl.utils.atomic import atomic_file
+from mri_unpaired.atomic import atomic_file
 
 BUDGETS = {
     "cpu": dict(dim="2d_bench", trainer_budget="benchCPU", n_labelled=10, n_val=4, reference_factor=4, num_test=20,
@@ -191,7 +191,6 @@ def main(argv=None) -> int:
         print(f"\nTrained {len(runs)} runs in {(time.time() - t0) / 60:.1f} min (--train-only)")
         return 0
     from nnunet_cmedl.evaluation import benchmark_report
-    os.environ["nnUNet_extTrainer"] = steps.env["nnUNet_extTrainer"]  # nnU-Net's predictor looks trainers up
     summary = benchmark_report.evaluate(runs, data, workdir, device, baseline=methods[0], budget_name=a.budget,
                                         train_seconds=train_seconds,
                                         command="nnunet_cmedl benchmark " + " ".join(argv or []))

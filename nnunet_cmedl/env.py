@@ -2,14 +2,46 @@
 import argparse
 import os
 import shlex
+from contextlib import contextmanager
 
-from nnunet_cmedl.utils.nnunet_env import check_nnunet_version
+from mri_unpaired.nnunet_env import check_nnunet_version
 
 ENV_VAR = "nnUNet_extTrainer"
 
 
+def resolve_device(device):
+    """'auto' (CUDA where available, else the CPU), 'cpu', 'cuda' or a torch.device -> a usable torch.device."""
+    import torch
+    from nnunet_cmedl.errors import UserInputError
+    if str(device) == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise UserInputError(f"device {device!r}: use auto, cpu or cuda") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise UserInputError("device cuda: no CUDA GPU is available here; use --device cpu")
+    if device.type not in ("cpu", "cuda", "mps"):
+        raise UserInputError(f"device {device}: use auto, cpu or cuda")
+    return device
+
+
 def ext_trainer_folder() -> str:
     return os.path.join(os.path.dirname(os.path.abspath(__file__)), "ext_trainers")
+
+
+@contextmanager
+def trainers_visible_to_nnunet():
+    """Within this context nnU-Net's trainer lookup (in this process) also searches our trainers."""
+    old = os.environ.get(ENV_VAR)
+    os.environ[ENV_VAR] = ext_trainer_value(old)
+    try:
+        yield
+    finally:
+        if old is None:
+            os.environ.pop(ENV_VAR, None)
+        else:
+            os.environ[ENV_VAR] = old
 
 
 def ext_trainer_value(existing: str | None) -> str:

@@ -1,6 +1,5 @@
-class UserInputError(Exception):
-    """Bad input from the user (a file, a folder, a setting).
+"""The error every CLI turns into one line on stderr, and the helpers that make that line (defined in
+``mri_unpaired``, the lower layer)."""
+from mri_unpaired.errors import UserInputError, first_line, itk_message
 
-    CLIs print its message as one line on stderr and exit with status 2. The message names the file or setting
-    and says what is wrong with it.
-    """
+__all__ = ["UserInputError", "first_line", "itk_message"]

@@ -12,7 +12,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from nnunet_cmedl.env import ext_trainer_value
+from nnunet_cmedl.env import ext_trainer_value, resolve_device as resolve_torch_device
 from nnunet_cmedl.errors import UserInputError
 
 BIN = Path(sys.executable).parent
@@ -33,10 +33,8 @@ def nnunet_paths(workdir: Path) -> dict:
 
 
 def resolve_device(device: str) -> str:
-    if device != "auto":
-        return device
-    import torch
-    return "cuda" if torch.cuda.is_available() else "cpu"
+    """--device of demo and benchmark: 'auto', 'cpu' or 'cuda' -> 'cpu' or 'cuda' (nnUNetv2_train's -device)."""
+    return resolve_torch_device(device).type
 
 
 class Steps:
@@ -79,7 +77,6 @@ def make_steps(workdir: Path, device: str) -> Steps:
     env = dict(os.environ, **paths, nnUNet_extTrainer=ext_trainer_value(os.environ.get("nnUNet_extTrainer")))
     env.setdefault("nnUNet_def_n_proc", "2")
     env.setdefault("nnUNet_n_proc_DA", "2" if device == "cpu" else "8")
-    os.environ.update(paths)  # for nnU-Net's dataset-name lookups in this process
     return Steps(env, workdir / "logs")
 
 
@@ -87,7 +84,6 @@ def prepare_dataset(steps: Steps, dataset_id: int, dim: str, num_train: int, num
                     seed: int, synthetic_args: tuple = ()) -> PreparedDataset:
     """Generate (or reuse) the synthetic dataset, plan and preprocess it, add the small configuration, and
     preprocess the unpaired MRI onto it."""
-    from nnunetv2.utilities.dataset_name_id_conversion import convert_id_to_dataset_name
     raw = Path(steps.env["nnUNet_raw"])
     existing = sorted(raw.glob(f"Dataset{dataset_id:03d}_*")) if raw.is_dir() else []
     if existing:
@@ -97,7 +93,7 @@ def prepare_dataset(steps: Steps, dataset_id: int, dim: str, num_train: int, num
                   OURS + ["make-synthetic", "--raw", raw, "-d", dataset_id, "--num-train", num_train,
                           "--num-test", num_test, "--num-mri", num_mri, "--seed", seed, *synthetic_args])
     raw_folder = next(raw.glob(f"Dataset{dataset_id:03d}_*"))
-    dataset_name = convert_id_to_dataset_name(dataset_id)
+    dataset_name = raw_folder.name  # DatasetNNN_Name: nnU-Net's name for the id
     parent, small, patch, batch, max_features = SMALL_CONFIGURATIONS[dim]
     plans_file = Path(steps.env["nnUNet_preprocessed"]) / dataset_name / "nnUNetPlans.json"
     if plans_file.is_file() and (plans_file.parent / f"nnUNetPlans_{parent}").is_dir():

@@ -12,8 +12,8 @@ import os
 from copy import deepcopy
 
 from nnunet_cmedl.errors import UserInputError
-from nnunet_cmedl.utils.atomic import atomic_file
-from nnunet_cmedl.utils.nnunet_env import find_dataset_name, require_env
+from mri_unpaired.atomic import atomic_file
+from mri_unpaired.nnunet_env import find_dataset_name, require_env
 
 FEATURE_MAP_MIN_EDGE_LENGTH = 4  # nnU-Net's ExperimentPlanner.UNet_featuremap_min_edge_length
 

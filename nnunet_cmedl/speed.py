@@ -46,9 +46,9 @@ from pathlib import Path
 from typing import Optional
 
 from nnunet_cmedl.env import ext_trainer_value
-from nnunet_cmedl.errors import UserInputError
+from nnunet_cmedl.errors import UserInputError, first_line
 from nnunet_cmedl.evaluation.tables import fmt, read_json, write_json
-from nnunet_cmedl.utils.nnunet_env import check_nnunet_version, find_dataset_name, require_env
+from mri_unpaired.nnunet_env import check_nnunet_version, find_dataset_name, require_env
 
 METHODS = {"plain": "nnUNetTrainer", "cmedl": "nnUNetTrainerCMEDL", "cut": "nnUNetTrainerCMEDL_CUT",
            "fastcut": "nnUNetTrainerCMEDL_FastCUT"}
@@ -304,7 +304,7 @@ def benchmark_trainer(cls, method: str, source: PlansSource, configuration: str,
             row["plans_name"] = trainer.plans_manager.plans_name
             row["dataset_name"] = trainer.plans_manager.dataset_name
     except getattr(torch, "OutOfMemoryError", torch.cuda.OutOfMemoryError) as e:  # "does not fit" is a result
-        row.update(status="out of memory", note=str(e).splitlines()[0])
+        row.update(status="out of memory", note=first_line(e))
     finally:
         memory.stop()
         del trainer

@@ -16,11 +16,13 @@ from pathlib import Path
 
 import numpy as np
 
+from nnunet_cmedl import plotting
+from nnunet_cmedl.env import trainers_visible_to_nnunet
 from nnunet_cmedl.evaluation import per_tumour
-from nnunet_cmedl.evaluation.compare_cli import paired_wilcoxon
+from nnunet_cmedl.evaluation.statistics import paired_wilcoxon
 from nnunet_cmedl.evaluation.metrics import evaluate_folders
 from nnunet_cmedl.evaluation.tables import fmt, format_table
-from nnunet_cmedl.utils.atomic import atomic_file
+from mri_unpaired.atomic import atomic_file
 
 DIFFICULTIES = ("hard", "easy", "all")
 COMPLETE = ".benchmark_prediction_complete"
@@ -46,8 +48,9 @@ def predict_checkpoint(run, checkpoint: str, images: Path, output: Path, device:
     predictor = nnUNetPredictor(tile_step_size=0.5, use_gaussian=True, use_mirroring=False,
                                 perform_everything_on_device=device != "cpu", device=torch.device(device),
                                 verbose=False, allow_tqdm=False)
-    predictor.initialize_from_trained_model_folder(str(run.folder.parent), use_folds=(run.fold,),
-                                                   checkpoint_name=checkpoint)
+    with trainers_visible_to_nnunet():
+        predictor.initialize_from_trained_model_folder(str(run.folder.parent), use_folds=(run.fold,),
+                                                       checkpoint_name=checkpoint)
     output.mkdir(parents=True, exist_ok=True)
     with contextlib.redirect_stdout(io.StringIO()):  # the sequential predictor prints a line per case
         predictor.predict_from_files_sequential(str(images), str(output), save_probabilities=False, overwrite=True)
@@ -191,11 +194,14 @@ def evaluate(runs, data, workdir: Path, device: str, baseline: str, budget_name:
 
 # ------------------------------------------------------------------------------------------------ figures, tables
 def plot_all(summary: dict, workdir: Path) -> dict:
-    from nnunet_cmedl.training.figures import save_figure, plt
-    colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    with plotting.default_style():
+        return _plot_all(summary, workdir, plotting.colours())
+
+
+def _plot_all(summary: dict, workdir: Path, colours: list) -> dict:
     figures = {}
     for x_axis in ("iterations", "minutes"):
-        fig, axes = plt.subplots(1, 3, figsize=(16, 4.5), sharey=True)
+        fig, axes = plotting.subplots(1, 3, figsize=(16, 4.5), sharey=True)
         for ax, difficulty in zip(axes, DIFFICULTIES):
             for i, (method, curves) in enumerate(summary["curves"].items()):
                 c = curves[difficulty]
@@ -217,10 +223,10 @@ def plot_all(summary: dict, workdir: Path) -> dict:
         axes[-1].legend(fontsize=8, loc="upper left")
         fig.suptitle(f"Learning curves on the test set ({summary['budget']} budget, {summary['configuration']})")
         path = workdir / f"learning_curves_{x_axis}.png"
-        save_figure(fig, path)
+        plotting.save_figure(fig, path)
         figures[f"learning_curves_{x_axis}"] = str(path)
 
-    fig, ax = plt.subplots(figsize=(8, 4.5))
+    fig, ax = plotting.subplots(figsize=(8, 4.5))
     for i, (method, seeds) in enumerate(summary["validation"].items()):
         colour = colours[i % len(colours)]
         for j, (seed, log) in enumerate(seeds.items()):
@@ -236,7 +242,7 @@ def plot_all(summary: dict, workdir: Path) -> dict:
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7)
     path = workdir / "teacher_vs_student.png"
-    save_figure(fig, path)
+    plotting.save_figure(fig, path)
     figures["teacher_vs_student"] = str(path)
     return figures
 

@@ -13,13 +13,11 @@ import itertools
 import math
 import os
 import sys
-import warnings
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence
 
 import numpy as np
-from scipy import stats
 
 from nnunet_cmedl.errors import UserInputError
 from nnunet_cmedl.evaluation.metrics import (HELP_DEFINITIONS, HIGHER_IS_BETTER, METRIC_TITLES, METRICS, _normalize_labels,
@@ -27,8 +25,7 @@ from nnunet_cmedl.evaluation.metrics import (HELP_DEFINITIONS, HIGHER_IS_BETTER,
 from nnunet_cmedl.evaluation.tables import (fmt, format_table, nan_if_none, read_json, refuse_existing_outputs,
                                             strip_output_prefix, write_csv, write_json)
 
-DEFAULT_ALPHA = 0.001  # the CMEDL paper's significance level
-MIN_N_FOR_TEST = 6
+from nnunet_cmedl.evaluation.statistics import DEFAULT_ALPHA, MIN_N_FOR_TEST, paired_wilcoxon  # noqa: F401
 
 COMPARISON_DEFINITIONS = {
     "difference": "per case: value of method A minus value of method B (cases present in both; a case where either "
@@ -47,41 +44,6 @@ COMPARISON_DEFINITIONS = {
     "better": "the method with the higher mean DSC / sDSC or the lower mean HD95 over the paired cases (sign of "
               "mean_diff); 'tie' when mean_diff is 0. 'significant' = p_value < alpha.",
 }
-
-
-def paired_wilcoxon(a: Sequence[float], b: Sequence[float], alpha: float = DEFAULT_ALPHA) -> dict:
-    """Two-sided Wilcoxon signed-rank test of paired values (NaN pairs must be removed before)."""
-    a = np.asarray(a, dtype=np.float64)
-    b = np.asarray(b, dtype=np.float64)
-    d = a - b
-    n = int(d.size)
-    n_nonzero = int(np.count_nonzero(d))
-    out = {"n_nonzero": n_nonzero, "wilcoxon_statistic": float("nan"), "p_value": float("nan"),
-           "min_possible_p": float("nan"), "note": ""}
-    if n == 0:
-        out["note"] = "no test: no case with the value defined for both methods"
-        return out
-    if n_nonzero == 0:
-        out["note"] = "no test: every paired difference is zero (identical values)"
-        return out
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        res = stats.wilcoxon(a, b, zero_method="wilcox", alternative="two-sided", method="auto")
-    out["wilcoxon_statistic"] = float(res.statistic)
-    out["p_value"] = float(res.pvalue)
-    min_p = min(1.0, 2.0 / 2.0 ** n_nonzero)
-    out["min_possible_p"] = min_p
-    notes = []
-    if n_nonzero < MIN_N_FOR_TEST:
-        notes.append(f"only {n_nonzero} non-zero difference(s) (< {MIN_N_FOR_TEST}): scipy's p-value reported as is; "
-                     f"the two-sided p cannot be below {min_p:.3g}")
-    elif min_p >= alpha:
-        notes.append(f"{n_nonzero} non-zero differences: the two-sided p cannot be below {min_p:.3g}, so not below "
-                     f"alpha={alpha:g}")
-    if n_nonzero < n:
-        notes.append(f"{n - n_nonzero} zero difference(s) dropped")
-    out["note"] = "; ".join(notes)
-    return out
 
 
 def _parse_method_specs(specs: Sequence[str]) -> Dict[str, str]:

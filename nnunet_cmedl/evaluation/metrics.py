@@ -50,7 +50,7 @@ from typing import Dict, Iterable, List, Optional, Sequence, Tuple, Union
 import numpy as np
 import scipy.ndimage
 
-from nnunet_cmedl.errors import UserInputError
+from nnunet_cmedl.errors import UserInputError, itk_message
 
 METRICS = ("dsc", "sdsc", "hd95")
 HIGHER_IS_BETTER = {"dsc": True, "sdsc": True, "hd95": False}
@@ -198,6 +198,13 @@ def _check_tolerance(tolerance_mm) -> float:
     return t
 
 
+def dice(ref_mask: np.ndarray, pred_mask: np.ndarray) -> float:
+    """2|A and B| / (|A| + |B|); 1.0 when both masks are empty (nothing to find, nothing found), as in evaluate."""
+    a, b = np.asarray(ref_mask) > 0, np.asarray(pred_mask) > 0
+    total = int(a.sum()) + int(b.sum())
+    return 2.0 * int(np.logical_and(a, b).sum()) / total if total else 1.0
+
+
 def mask_metrics(ref_mask: np.ndarray, pred_mask: np.ndarray, spacing_mm: Sequence[float],
                  tolerance_mm: float = 2.0) -> dict:
     """DSC, sDSC at ``tolerance_mm`` and HD95 (mm) of two boolean masks of the same 2D or 3D shape.
@@ -223,7 +230,7 @@ def mask_metrics(ref_mask: np.ndarray, pred_mask: np.ndarray, spacing_mm: Sequen
         return out
     sd = surface_distance_module()
     dists = sd.compute_surface_distances(np.ascontiguousarray(ref_mask), np.ascontiguousarray(pred_mask), spacing)
-    out.update(dsc=float(sd.compute_dice_coefficient(ref_mask, pred_mask)),
+    out.update(dsc=dice(ref_mask, pred_mask),
                sdsc=float(sd.compute_surface_dice_at_tolerance(dists, tol)),
                hd95=float(sd.compute_robust_hausdorff(dists, HD95_PERCENT)),
                hd95_undefined=False)
@@ -373,8 +380,7 @@ def read_label_image(path) -> Tuple[np.ndarray, dict]:
     try:
         img = sitk.ReadImage(str(path))
     except RuntimeError as e:
-        msg = str(e).strip().splitlines()
-        raise UserInputError(f"{path}: cannot read the image ({msg[-1] if msg else 'SimpleITK error'})") from None
+        raise UserInputError(f"{path}: cannot read the image ({itk_message(e)})") from None
     if img.GetNumberOfComponentsPerPixel() != 1:
         raise UserInputError(f"{path}: a label image must have one value per voxel, this one has "
                              f"{img.GetNumberOfComponentsPerPixel()}")

@@ -18,7 +18,9 @@ from typing import Dict, List, Optional
 import numpy as np
 
 from nnunet_cmedl.errors import UserInputError
-from nnunet_cmedl.utils.atomic import atomic_file, atomic_temp_path, refuse_existing, replace_path
+from nnunet_cmedl.evaluation.metrics import dice
+from nnunet_cmedl.plotting import largest_area_slice
+from mri_unpaired.atomic import atomic_file, atomic_temp_path, refuse_existing, replace_path
 
 CT_WINDOW = (400.0, 40.0)  # width, level (HU): mediastinal
 COLOURS = {"reference": "#00c000", "student": "#ff2020", "teacher": "#2060ff"}
@@ -27,18 +29,6 @@ MRI_ENDINGS = (".nii.gz", ".nii", ".nrrd", ".mha", ".mhd", ".gipl")
 
 
 # ---------------------------------------------------------------------------------------------- helpers
-def largest_area_slice(reference: np.ndarray) -> int:
-    """Index along the first axis with the most foreground voxels (the middle slice if there is none)."""
-    areas = (np.asarray(reference) > 0).reshape(reference.shape[0], -1).sum(1)
-    return int(np.argmax(areas)) if areas.max() > 0 else reference.shape[0] // 2
-
-
-def dice(a: np.ndarray, b: np.ndarray) -> float:
-    a, b = np.asarray(a) > 0, np.asarray(b) > 0
-    denominator = a.sum() + b.sum()
-    return float(2 * np.logical_and(a, b).sum() / denominator) if denominator else float("nan")
-
-
 def mri_files(mri) -> List[Path]:
     if mri is None:
         return []

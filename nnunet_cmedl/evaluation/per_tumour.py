@@ -14,7 +14,7 @@ import numpy as np
 from scipy import ndimage
 
 from nnunet_cmedl.errors import UserInputError
-from nnunet_cmedl.evaluation.compare_cli import paired_wilcoxon
+from nnunet_cmedl.evaluation.statistics import paired_wilcoxon
 from nnunet_cmedl.evaluation.metrics import check_geometry, mask_metrics, read_label_image, summarize
 
 PER_TUMOUR_METRICS = ("dsc", "sdsc", "hd95", "recall")

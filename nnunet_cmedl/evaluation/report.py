@@ -26,8 +26,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple, Union
 
-from nnunet_cmedl.errors import UserInputError
-from nnunet_cmedl.utils.atomic import atomic_file, refuse_existing
+from nnunet_cmedl.errors import UserInputError, first_line
+from mri_unpaired.atomic import atomic_file, refuse_existing
 
 CHECKPOINT_NAMES = ("checkpoint_final.pth", "checkpoint_latest.pth", "checkpoint_best.pth")
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -211,9 +211,7 @@ def load_checkpoint_info(path: Path) -> dict:
     try:
         ckpt = torch.load(str(path), map_location="cpu", weights_only=False)
     except Exception as e:  # torch raises many kinds (pickle, zip, EOF, runtime)
-        msg = str(e).strip().splitlines()
-        raise UserInputError(f"{path}: cannot load the checkpoint ({type(e).__name__}: "
-                             f"{msg[0] if msg else 'no message'})") from None
+        raise UserInputError(f"{path}: cannot load the checkpoint ({type(e).__name__}: {first_line(e)})") from None
     if not isinstance(ckpt, dict) or not isinstance(ckpt.get("logging"), dict):
         raise UserInputError(f"{path}: not an nnU-Net v2 training checkpoint (no 'logging' dict)")
     info = {k: ckpt.get(k) for k in ("logging", "trainer_name", "init_args", "current_epoch", "cmedl_i2i_kwargs")}
@@ -271,10 +269,8 @@ def _curve_panels(curves: Dict[str, List[float]], cmedl: bool) -> List[Tuple[str
 
 def plot_curves(logging: dict, cmedl: bool, class_names: Optional[Sequence[str]] = None) -> bytes:
     """PNG of every logged curve: CMEDL's panels (figures.PANELS) or nnU-Net's stock ones, plus lr, epoch time."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
     from matplotlib.ticker import MaxNLocator
+    from nnunet_cmedl.plotting import subplots
     from nnunet_cmedl.training.figures import LABELS
 
     labels = dict(LABELS, ema_fg_dice="student EMA on CT") if cmedl else \
@@ -289,7 +285,7 @@ def plot_curves(logging: dict, cmedl: bool, class_names: Optional[Sequence[str]]
         curves = dict(curves, __epoch_duration__=durations)
     ncols = 3
     nrows = max(1, math.ceil(len(panels) / ncols))
-    fig, axes = plt.subplots(nrows, ncols, figsize=(6 * ncols, 4 * nrows), squeeze=False)
+    fig, axes = subplots(nrows, ncols, figsize=(6 * ncols, 4 * nrows), squeeze=False)
     for ax in axes.flat[len(panels):]:
         ax.axis("off")
     for ax, (title, keys) in zip(axes.flat, panels):
@@ -319,7 +315,6 @@ def plot_curves(logging: dict, cmedl: bool, class_names: Optional[Sequence[str]]
     fig.tight_layout(rect=(0, 0, 1, 1 - 0.25 / (4 * nrows)))
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=72)
-    plt.close(fig)
     return buf.getvalue()
 
 

@@ -1,6 +1,6 @@
 """Writers shared by ``nnunet_cmedl evaluate`` and ``nnunet_cmedl compare``: CSV, JSON and plain-text tables.
 
-* Every file is written atomically (``nnunet_cmedl.utils.atomic.atomic_file``): a crash never leaves a half-written
+* Every file is written atomically (``mri_unpaired.atomic.atomic_file``): a crash never leaves a half-written
   output under its final name.
 * NaN / inf floats are written as ``null`` in JSON (so the files are strict JSON that any reader accepts) and as
   ``nan`` / ``inf`` in CSV (what ``float()``, pandas and R read back as NaN / inf).
@@ -14,7 +14,7 @@ from typing import Iterable, List, Sequence
 import numpy as np
 
 from nnunet_cmedl.errors import UserInputError
-from nnunet_cmedl.utils.atomic import atomic_file, refuse_existing
+from mri_unpaired.atomic import atomic_file, refuse_existing
 
 
 def to_jsonable(obj):

@@ -16,7 +16,8 @@ from typing import Optional, Tuple, Union
 import torch
 from torch import nn
 
-from nnunet_cmedl.errors import UserInputError
+from nnunet_cmedl.env import resolve_device
+from nnunet_cmedl.errors import UserInputError, first_line
 
 
 @dataclass
@@ -92,18 +93,9 @@ def _load_weights(network: nn.Module, state_dict: dict, what: str, checkpoint_fi
     try:
         network.load_state_dict(_strip_prefixes(state_dict), strict=True)
     except RuntimeError as e:
-        first = str(e).strip().splitlines()[0]
+        first = first_line(e)
         raise UserInputError(f"{checkpoint_file}: the {what} weights do not fit the network built from the results "
                              f"folder's plans.json ({first})") from None
-
-
-def resolve_device(device: Union[str, torch.device]) -> torch.device:
-    device = torch.device(device) if not isinstance(device, torch.device) else device
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise UserInputError("device cuda: no CUDA GPU is available here; use --device cpu")
-    if device.type not in ("cpu", "cuda", "mps"):
-        raise UserInputError(f"device {device}: use cpu or cuda")
-    return device
 
 
 def load_cmedl_model(model_folder, fold: Union[int, str] = 0, checkpoint_name: str = "checkpoint_final.pth",
@@ -136,7 +128,7 @@ def load_cmedl_model(model_folder, fold: Union[int, str] = 0, checkpoint_name: s
         checkpoint = torch.load(checkpoint_file, map_location="cpu", weights_only=False)
     except Exception as e:  # truncated / not a torch file
         raise UserInputError(f"{checkpoint_file}: cannot read the checkpoint ({type(e).__name__}: "
-                             f"{str(e).strip().splitlines()[0] if str(e).strip() else ''})") from None
+                             f"{first_line(e)})") from None
     if not isinstance(checkpoint, dict) or "network_weights" not in checkpoint:
         raise UserInputError(f"{checkpoint_file}: not an nnU-Net checkpoint (no network_weights)")
     trainer_name = checkpoint.get("trainer_name", "an unknown trainer")

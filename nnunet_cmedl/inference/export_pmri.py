@@ -29,9 +29,8 @@ import numpy as np
 import torch
 
 from nnunet_cmedl.errors import UserInputError
-from nnunet_cmedl.inference.cmedl_model import (CMEDLModel, add_model_arguments, load_cmedl_model,
-                                                model_from_arguments)
-from nnunet_cmedl.utils.atomic import atomic_temp_path, refuse_existing, replace_path
+from nnunet_cmedl.inference.cmedl_model import CMEDLModel, add_model_arguments, model_from_arguments
+from mri_unpaired.atomic import atomic_temp_path, current_umask, refuse_existing, replace_path
 
 PMRI_SUFFIX = "_pMRI.nii.gz"
 TEACHER_SEG_SUFFIX = "_teacher_seg"
@@ -351,12 +350,6 @@ def output_files(output_folder, case_id: str, teacher_seg: bool, student_seg: bo
     return files
 
 
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
 def _seg_ending(model: CMEDLModel) -> str:
     rw_class = model.plans_manager.image_reader_writer_class
     return ".nii.gz" if ".nii.gz" in rw_class.supported_file_endings else model.file_ending
@@ -378,7 +371,7 @@ def write_case(result: CaseResult, files: Dict[str, Path], overwrite: bool = Fal
                 result.reader_writer.write_seg(seg, tmp, result.properties)  # nnU-Net's own label export
         for key, final in files.items():
             tmp = temps.pop(key)
-            os.chmod(tmp, 0o666 & ~_umask())  # mkstemp made it private
+            os.chmod(tmp, 0o666 & ~current_umask())  # mkstemp made it private
             replace_path(tmp, final)
     finally:
         for tmp in temps.values():

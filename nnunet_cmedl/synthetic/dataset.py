@@ -15,7 +15,6 @@ lookup of the dataset id ambiguous. The whole dataset folder is built under a te
 when complete.
 """
 import json
-import os
 import re
 from contextlib import ExitStack
 from dataclasses import dataclass
@@ -25,7 +24,7 @@ import numpy as np
 
 from nnunet_cmedl.errors import UserInputError
 from nnunet_cmedl.synthetic import phantom
-from nnunet_cmedl.utils.atomic import atomic_directory, refuse_existing
+from mri_unpaired.atomic import atomic_directory, refuse_existing
 
 CT_CHANNEL_NAMES = {0: "CT"}
 LABELS = {"background": 0, "tumour": 1}
@@ -334,10 +333,6 @@ def make_synthetic_dataset(raw_root, dataset_id: int = 501, dataset_name: str = 
 
 
 # -------------------------------------------------------------------------------------------------------- preview
-def _largest_slice(mask: np.ndarray) -> int:
-    return int(np.argmax(mask.sum(axis=(1, 2))))
-
-
 def _first_tumour(cases, location):
     """(case id, volume, tumour number) of the largest tumour of this location in the first case that has one."""
     for case_id, volume in cases:
@@ -352,14 +347,12 @@ def _first_tumour(cases, location):
 def write_preview(path: Path, ct_cases, mri_cases) -> None:
     """CT: a hard tumour's slice without and with the label contour (mediastinal window), a lung tumour's slice
     (lung window); MRI: a hard tumour's slice without and with its inspection contour, and a lung tumour's slice."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from nnunet_cmedl.plotting import largest_area_slice, subplots
 
     rows = [("CT", ct_cases, {"mediastinal": (-160, 240, "W400/L40"), "lung": (-1350, 150, "W1500/L-600")}),
             ("MRI", mri_cases, {"mediastinal": (0, 900, ""), "lung": (0, 900, "")})]
     rows = [r for r in rows if r[1]]
-    fig, axes = plt.subplots(len(rows), 3, figsize=(15, 4.6 * len(rows)), squeeze=False)
+    fig, axes = subplots(len(rows), 3, figsize=(15, 4.6 * len(rows)), squeeze=False)
     for row, (modality, cases, windows) in enumerate(rows):
         panels = []
         hard, easy = _first_tumour(cases, "mediastinal"), _first_tumour(cases, "lung")
@@ -376,7 +369,7 @@ def write_preview(path: Path, ct_cases, mri_cases) -> None:
                 continue
             (case_id, volume, k), location, contour = panels[col]
             mask = volume.maps.tumour_id == k
-            z = _largest_slice(mask)
+            z = largest_area_slice(mask)
             lo, hi, window = windows[location]
             sy, sx = volume.grid.spacing[1:]
             ax.imshow(volume.image[z], cmap="gray", vmin=lo, vmax=hi, aspect=sy / sx, interpolation="nearest")
@@ -395,4 +388,3 @@ def write_preview(path: Path, ct_cases, mri_cases) -> None:
                  "(bottom, inspection labels)", fontsize=11)
     fig.tight_layout()
     fig.savefig(path, dpi=80)
-    plt.close(fig)

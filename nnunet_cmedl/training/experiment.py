@@ -22,7 +22,7 @@ import nnunetv2.training.nnUNetTrainer.nnUNetTrainer as nnunet_trainer_module
 from batchgenerators.dataloading.nondet_multi_threaded_augmenter import NonDetMultiThreadedAugmenter
 
 from nnunet_cmedl.distillation.hint import unwrap
-from nnunet_cmedl.utils.atomic import atomic_temp_path, replace_path
+from mri_unpaired.atomic import atomic_temp_path, replace_path
 
 CURVE_CHECKPOINT_PATTERN = "checkpoint_epoch_{:04d}.pth"
 

@@ -1,13 +1,9 @@
 """Training figures: every CMEDL loss per epoch, and snapshots of CT / pseudo-MRI / real MRI / label."""
 import os
 
-import matplotlib
+import numpy as np
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-
-from nnunet_cmedl.utils.atomic import atomic_temp_path, replace_path  # noqa: E402
+from nnunet_cmedl.plotting import default_style, largest_area_slice, save_figure, subplots
 
 PANELS = (
     ("Generators", ("cmedl_G_adversarial", "cmedl_G_cycle", "cmedl_G_identity", "cmedl_G_nce", "cmedl_G_nce_identity")),
@@ -22,26 +18,14 @@ LABELS = {"train_losses": "student (nnU-Net train_losses)", "val_losses": "stude
           "cmedl_teacher_val_loss": "teacher on pMRI"}
 
 
-def clean_style():
-    """nnU-Net's progress plot calls seaborn's set(font_scale=2.5), which changes matplotlib's global style."""
-    return plt.rc_context(matplotlib.rcParamsDefault)
-
-
-def save_figure(fig, filename: str) -> None:
-    tmp = atomic_temp_path(filename)
-    fig.savefig(tmp, dpi=80)
-    plt.close(fig)
-    replace_path(tmp, filename)
-
-
 def plot_cmedl_progress(logs: dict, epoch: int, filename: str) -> None:
     """One panel per loss group, epochs 0..epoch (values logged so far), written next to nnU-Net's progress.png."""
-    with clean_style():
+    with default_style():
         _plot_cmedl_progress(logs, epoch, filename)
 
 
 def _plot_cmedl_progress(logs: dict, epoch: int, filename: str) -> None:
-    fig, axes = plt.subplots(2, 3, figsize=(18, 9))
+    fig, axes = subplots(2, 3, figsize=(18, 9))
     for ax, (title, keys) in zip(axes.flat, PANELS):
         for key in keys:
             values = logs.get(key, [])[:epoch + 1]
@@ -65,22 +49,15 @@ def snapshot_arrays(ct, pseudo_mri, mri, target) -> dict:
             for name, t in (("CT", ct), ("pseudo-MRI", pseudo_mri), ("MRI (unpaired)", mri), ("label", label))}
 
 
-def largest_label_slice(label: np.ndarray) -> int:
-    if label.ndim == 2:
-        return 0
-    areas = (label > 0).reshape(label.shape[0], -1).sum(1)
-    return int(np.argmax(areas)) if areas.max() > 0 else label.shape[0] // 2
-
-
 def save_snapshot(arrays: dict, filename: str) -> None:
     os.makedirs(os.path.dirname(filename), exist_ok=True)
-    with clean_style():
+    with default_style():
         _save_snapshot(arrays, filename)
 
 
 def _save_snapshot(arrays: dict, filename: str) -> None:
-    z = largest_label_slice(arrays["label"])
-    fig, axes = plt.subplots(1, len(arrays), figsize=(4 * len(arrays), 4))
+    z = 0 if arrays["label"].ndim == 2 else largest_area_slice(arrays["label"])
+    fig, axes = subplots(1, len(arrays), figsize=(4 * len(arrays), 4))
     for ax, (name, a) in zip(axes, arrays.items()):
         img = a if a.ndim == 2 else a[z]
         ax.imshow(img, cmap="viridis" if name == "label" else "gray",

@@ -34,7 +34,7 @@ from nnunet_cmedl.i2i.networks import I2IArchitecture
 from nnunet_cmedl.training import figures
 from nnunet_cmedl.training.experiment import ExperimentMixin, worker_seeds
 from nnunet_cmedl.training.lr_schedulers import constant_then_linear_decay, set_epoch
-from nnunet_cmedl.utils.atomic import atomic_temp_path, replace_path
+from mri_unpaired.atomic import atomic_temp_path, replace_path
 
 # per-iteration losses returned by train_step and logged once per epoch (key in nnU-Net's logger: 'cmedl_' + name);
 # each I2I method logs its own generator terms ('G_' + name, see I2I_METHODS[...].loss_names)

@@ -1,7 +1,7 @@
 """Checks of the nnU-Net installation and its environment variables, with one-line errors."""
 import os
 
-from nnunet_cmedl.errors import UserInputError
+from mri_unpaired.errors import UserInputError
 
 NNUNET_MIN_VERSION = (2, 8)
 
@@ -36,6 +36,6 @@ def find_dataset_name(dataset: str) -> str:
     from nnunetv2.utilities.dataset_name_id_conversion import maybe_convert_to_dataset_name
     try:
         return maybe_convert_to_dataset_name(dataset)
-    except RuntimeError as e:
+    except RuntimeError:
         raise UserInputError(f"dataset {dataset}: not found in nnUNet_raw, nnUNet_preprocessed or nnUNet_results "
                              f"(check the id and those environment variables)") from None

@@ -8,7 +8,7 @@ import tempfile
 from contextlib import contextmanager
 from pathlib import Path
 
-from nnunet_cmedl.errors import UserInputError
+from mri_unpaired.errors import UserInputError
 
 
 def refuse_existing(path, overwrite: bool, what: str = "output") -> None:
@@ -23,7 +23,7 @@ def atomic_directory(final_path, overwrite: bool = False):
     refuse_existing(final_path, overwrite)
     final_path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{final_path.name}.tmp-", dir=final_path.parent))
-    os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp makes it private (0700); the final folder gets normal permissions
+    os.chmod(tmp, 0o777 & ~current_umask())  # mkdtemp makes it private (0700); the final folder gets normal permissions
     try:
         yield tmp
     except BaseException:
@@ -39,7 +39,7 @@ def atomic_file(final_path, overwrite: bool = True, mode: str = "w"):
     refuse_existing(final_path, overwrite)
     final_path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{final_path.name}.tmp-", dir=final_path.parent)
-    os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes it private (0600)
+    os.chmod(tmp, 0o666 & ~current_umask())  # mkstemp makes it private (0600)
     try:
         with os.fdopen(fd, mode) as f:
             yield f
@@ -49,7 +49,8 @@ def atomic_file(final_path, overwrite: bool = True, mode: str = "w"):
     os.replace(tmp, final_path)
 
 
-def _umask() -> int:
+def current_umask() -> int:
+    """The process's umask (os.umask can only be read by setting it)."""
     mask = os.umask(0)
     os.umask(mask)
     return mask
