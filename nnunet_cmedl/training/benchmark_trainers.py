@@ -23,6 +23,8 @@ METHODS = {
     "CMEDL_teacherAhead": variants.nnUNetTrainerCMEDL_teacherAhead,
     "CMEDL_tseg5": variants.nnUNetTrainerCMEDL_tseg5,
     "CMEDL_hintNorm": variants.nnUNetTrainerCMEDL_hintNorm,
+    "CMEDL_identity": variants.nnUNetTrainerCMEDL_identity,
+    "CMEDL_stridedStem": variants.nnUNetTrainerCMEDL_stridedStem,
 }
 # budget -> attributes; I2I sizes apply to CMEDL trainers only
 BUDGETS = {

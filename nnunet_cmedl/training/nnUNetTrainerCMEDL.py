@@ -103,7 +103,6 @@ class nnUNetTrainerCMEDL(ExperimentMixin, nnUNetTrainer):
         self.grad_scaler_discriminators = GradScaler("cuda") if self.device.type == 'cuda' else None
         self.dataloader_mri = None
         self._snapshot_due, self._snapshot = False, None
-        self._hint_weight = self.lambda_hint
 
     # ------------------------------------------------------------------ building
     def initialize(self):
@@ -180,7 +179,7 @@ class nnUNetTrainerCMEDL(ExperimentMixin, nnUNetTrainer):
             loss_student = self.loss(output_student, target)
             loss_hint = hint_loss(student_features, teacher_features, detach_teacher=self.hint_detach_teacher,
                                   normalisation=self.hint_normalisation)
-            loss = i2i.loss + loss_teacher + loss_student + self._hint_weight * loss_hint
+            loss = i2i.loss + loss_teacher + loss_student + self.hint_weight(self.current_epoch) * loss_hint
         self._optimize(loss, [self.optimizer_generators, self.optimizer_teacher, self.optimizer], self.grad_scaler,
                        [self.i2i.generator_parameters(), self.teacher.parameters(), self.network.parameters()])
 
@@ -255,9 +254,9 @@ class nnUNetTrainerCMEDL(ExperimentMixin, nnUNetTrainer):
         for scheduler in (self.lr_scheduler_generators, self.lr_scheduler_discriminators):
             set_epoch(scheduler, self.current_epoch)
         self._snapshot_due = self.current_epoch % self.save_snapshot_every == 0
-        self._hint_weight = self.hint_weight(self.current_epoch)
-        if self._hint_weight != self.lambda_hint:
-            self.print_to_log_file(f"hint weight this epoch: {self._hint_weight:.4g} (lambda_hint {self.lambda_hint}, "
+        weight = self.hint_weight(self.current_epoch)
+        if weight != self.lambda_hint:
+            self.print_to_log_file(f"hint weight this epoch: {weight:.4g} (lambda_hint {self.lambda_hint}, "
                                    f"warm-up {self.hint_warmup_epochs} epochs, gate {self.hint_gate})")
 
     def hint_weight(self, epoch: int) -> float:
