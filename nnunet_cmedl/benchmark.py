@@ -155,6 +155,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="the hard tumours' CT signal (make-synthetic --hard-ct-signal)")
     p.add_argument("--device", default="auto")
     p.add_argument("--train-only", action="store_true", help="stop after training")
+    p.add_argument("--no-train", action="store_true",
+                   help="train nothing: evaluate the runs that have finished (e.g. while others still train)")
+    p.add_argument("--curve-epochs", nargs="+", type=int,
+                   help="intermediate checkpoints (epochs) to evaluate for the learning curves (default: all saved)")
     p.add_argument("--no-panels", action="store_true", help="skip the case panels of CMEDL (seed of its first run)")
     return p
 
@@ -186,13 +190,20 @@ def main(argv=None) -> int:
                               budget["n_labelled"], budget["n_val"], budget["reference_factor"])
     write_splits(Path(steps.env["nnUNet_preprocessed"]) / data.dataset_name, splits)
     runs = plan_runs(methods, seeds, reference_seeds, budget["trainer_budget"], data, steps)
-    train_seconds = train_all(steps, data, runs, device)
+    if a.no_train:
+        unfinished = [r for r in runs if not finished(r)]
+        runs = [r for r in runs if r not in unfinished]
+        print(f"--no-train: evaluating the {len(runs)} finished runs; not finished: "
+              f"{', '.join(map(str, unfinished)) or 'none'}")
+        if not any(r.name == methods[0] for r in runs):
+            raise UserInputError(f"--no-train: no finished run of the baseline {methods[0]} to compare with")
+    train_seconds = {} if a.no_train else train_all(steps, data, runs, device)
     if a.train_only:
         print(f"\nTrained {len(runs)} runs in {(time.time() - t0) / 60:.1f} min (--train-only)")
         return 0
     from nnunet_cmedl.evaluation import benchmark_report
     summary = benchmark_report.evaluate(runs, data, workdir, device, baseline=methods[0], budget_name=a.budget,
-                                        train_seconds=train_seconds,
+                                        train_seconds=train_seconds, curve_epochs=a.curve_epochs,
                                         command="nnunet_cmedl benchmark " + " ".join(argv or []))
     cmedl = next((r for r in runs if r.name == "CMEDL"), None)
     if cmedl is not None and not a.no_panels:

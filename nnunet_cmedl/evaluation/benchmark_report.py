@@ -29,14 +29,16 @@ COMPLETE = ".benchmark_prediction_complete"
 
 
 # ------------------------------------------------------------------------------------------------ predictions
-def checkpoints(run) -> list:
-    """(epoch, checkpoint file name) of a finished run: the intermediate curve checkpoints, then the final one."""
+def checkpoints(run, curve_epochs=None) -> list:
+    """(epoch, checkpoint file name) of a finished run: the intermediate curve checkpoints (those of
+    ``curve_epochs`` if given), then the final one."""
     import torch
     from nnunet_cmedl.training.experiment import CURVE_CHECKPOINT_PATTERN
     final = torch.load(run.folder / "checkpoint_final.pth", map_location="cpu", weights_only=False)["current_epoch"]
     prefix = CURVE_CHECKPOINT_PATTERN.split("{")[0]
     found = sorted((int(p.stem.removeprefix(prefix)), p.name) for p in run.folder.glob(prefix + "*.pth"))
-    return [(e, n) for e, n in found if e < final] + [(final, "checkpoint_final.pth")]
+    return [(e, n) for e, n in found if e < final and (curve_epochs is None or e in curve_epochs)] \
+        + [(final, "checkpoint_final.pth")]
 
 
 def predict_checkpoint(run, checkpoint: str, images: Path, output: Path, device: str) -> Path:
@@ -139,13 +141,13 @@ def _training_log(run) -> dict:
 
 
 def evaluate(runs, data, workdir: Path, device: str, baseline: str, budget_name: str, train_seconds: dict,
-             command: str) -> dict:
+             command: str, curve_epochs=None) -> dict:
     from tqdm import tqdm
     from nnunet_cmedl.training.benchmark_trainers import BUDGETS
     metadata = per_tumour.load_metadata(data.raw_folder / "phantom_metadata.json")
     labels, images = data.raw_folder / "labelsTs", data.raw_folder / "imagesTs"
     results = defaultdict(dict)  # method -> seed -> {'final', 'curve', 'minutes_at_epoch', 'log'}
-    jobs = [(run, epoch, ck) for run in runs for epoch, ck in checkpoints(run)]
+    jobs = [(run, epoch, ck) for run in runs for epoch, ck in checkpoints(run, curve_epochs)]
     for run, epoch, ck in tqdm(jobs, desc="test predictions (runs x checkpoints)", unit="checkpoint"):
         out = workdir / "predictions" / f"{run.trainer}_fold{run.fold}" / Path(ck).stem
         evaluated = evaluate_prediction(labels, predict_checkpoint(run, ck, images, out, device), metadata,
