@@ -95,7 +95,7 @@ def plan_runs(methods, seeds, reference_seeds, budget: str, data, steps) -> list
         runs += [Run(m, seed, 0, budget, data, steps) for m in methods]
         if seed in reference_seeds:
             runs.append(Run(REFERENCE, seed, 1, budget, data, steps))
-    return runs
+    return runs + [Run(REFERENCE, seed, 1, budget, data, steps) for seed in reference_seeds if seed not in seeds]
 
 
 def finished(run: Run) -> bool:
