@@ -25,6 +25,9 @@ Budgets:
   cpu (default): 2d, 64x64 patches, batch 8, at most 32 feature maps; 40 epochs x 30 iterations (1200), checkpoints
                  every 10 epochs; 10 labelled cases (+40 for the reference), 4 validation, 20 test, 16 MRI;
                  methods nnU-Net, CMEDL, CMEDL_noHint, CMEDL_FastCUT; seeds 0 1 2; reference seed 0.
+  long:          the cpu budget's data and setting, 120 epochs (3600 iterations), checkpoints every 20 epochs;
+                 methods nnU-Net, CMEDL; seed 0 (scripts/gpu_benchmark.py trains it on a GPU beside the cpu runs).
+  smoke:         the cpu budget's data, 2 epochs x 2 iterations: checks the machinery, measures nothing.
   gpu:           nnU-Net's 3d_fullres as planned, 100 epochs x 250 iterations, checkpoints every 10 epochs; 20 labelled
                  (+60), 5 validation, 40 test, 30 MRI; also CMEDL_CUT; seeds 0 1 2; reference seeds 0 1 2.
 """
@@ -42,6 +45,12 @@ BUDGETS = {
     "cpu": dict(dim="2d_bench", trainer_budget="benchCPU", n_labelled=10, n_val=4, reference_factor=4, num_test=20,
                 num_mri=16, methods=("nnU-Net", "CMEDL", "CMEDL_noHint", "CMEDL_FastCUT"), seeds=(0, 1, 2),
                 reference_seeds=(0,)),
+    # benchCPU's setting 3x longer (3600 iterations), plain vs CMEDL: the learning curves past the cpu budget's end
+    "long": dict(dim="2d_bench", trainer_budget="benchLong", n_labelled=10, n_val=4, reference_factor=4, num_test=20,
+                 num_mri=16, methods=("nnU-Net", "CMEDL"), seeds=(0,), reference_seeds=()),
+    # seconds per run: the benchmark's machinery end to end on the cpu budget's data (dry runs, checks)
+    "smoke": dict(dim="2d_bench", trainer_budget="benchSmoke", n_labelled=10, n_val=4, reference_factor=4,
+                  num_test=20, num_mri=16, methods=("nnU-Net", "CMEDL"), seeds=(0,), reference_seeds=(0,)),
     "gpu": dict(dim="3d_fullres", trainer_budget="benchGPU", n_labelled=20, n_val=5, reference_factor=4, num_test=40,
                 num_mri=30, methods=("nnU-Net", "CMEDL", "CMEDL_noHint", "CMEDL_CUT", "CMEDL_FastCUT"),
                 seeds=(0, 1, 2), reference_seeds=(0, 1, 2)),
@@ -154,6 +163,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--hard-ct-signal", choices=HARD_CT_SIGNALS, default=HARD_CT_SIGNALS[0],
                    help="the hard tumours' CT signal (make-synthetic --hard-ct-signal)")
     p.add_argument("--device", default="auto")
+    p.add_argument("--prepare-only", action="store_true",
+                   help="stop after the data (dataset, plans, small configuration, unpaired MRI, splits): e.g. to "
+                        "train elsewhere with scripts/gpu_benchmark.py")
     p.add_argument("--train-only", action="store_true", help="stop after training")
     p.add_argument("--no-train", action="store_true",
                    help="train nothing: evaluate the runs that have finished (e.g. while others still train)")
@@ -189,6 +201,10 @@ def main(argv=None) -> int:
     splits = benchmark_splits([p.name.removesuffix("_0000.nii.gz") for p in (data.raw_folder / "imagesTr").iterdir()],
                               budget["n_labelled"], budget["n_val"], budget["reference_factor"])
     write_splits(Path(steps.env["nnUNet_preprocessed"]) / data.dataset_name, splits)
+    if a.prepare_only:
+        print(f"\nData ready in {workdir} ({data.dataset_name}, configuration {data.configuration}); "
+              f"--prepare-only: nothing trained")
+        return 0
     runs = plan_runs(methods, seeds, reference_seeds, budget["trainer_budget"], data, steps)
     if a.no_train:
         unfinished = [r for r in runs if not finished(r)]

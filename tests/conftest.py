@@ -38,12 +38,10 @@ def cli(*args) -> list:
     return [sys.executable, "-m", "nnunet_cmedl.cli", *args]
 
 
-@pytest.fixture(scope="session")
-def planned_dataset(tmp_path_factory):
-    """Dict with 'root', 'env', 'dataset_id', 'dataset_name', 'raw_folder' of a tiny planned synthetic dataset."""
+def build_planned_dataset(root: Path) -> dict:
+    """The tiny dataset, planned and preprocessed by nnU-Net, with the small configurations and the unpaired MRI."""
     from nnunet_cmedl.synthetic.dataset import make_synthetic_dataset
 
-    root = tmp_path_factory.mktemp("nnunet")
     env = nnunet_env(root)
     paths = make_synthetic_dataset(root / "nnUNet_raw", dataset_id=DATASET_ID, dataset_name="TinyThorax",
                                    num_train=5, num_test=2, num_mri=3, ct_shape=(16, 48, 64), seed=1,
@@ -59,3 +57,20 @@ def planned_dataset(tmp_path_factory):
         run(cli("preprocess-mri", "-d", DATASET_ID, "-c", config, "-i", paths.mri_folder, "-np", "1"), env)
     return {"root": root, "env": env, "dataset_id": DATASET_ID, "dataset_name": paths.dataset_folder.name,
             "raw_folder": paths.dataset_folder}
+
+
+@pytest.fixture(scope="session")
+def planned_dataset(tmp_path_factory):
+    """Dict with 'root', 'env', 'dataset_id', 'dataset_name', 'raw_folder' of a tiny planned synthetic dataset.
+    CMEDL_TEST_PREBUILT_DATASET=<root>: a copy of a root built before by build_planned_dataset (e.g. carried to a
+    GPU machine that cannot build one: scripts/gpu_check.sh)."""
+    root = tmp_path_factory.mktemp("nnunet")
+    prebuilt = os.environ.get("CMEDL_TEST_PREBUILT_DATASET")
+    if not prebuilt:
+        return build_planned_dataset(root)
+    import shutil
+    for k in ("nnUNet_raw", "nnUNet_preprocessed"):
+        shutil.copytree(Path(prebuilt) / k, root / k)
+    raw_folder = next((root / "nnUNet_raw").glob(f"Dataset{DATASET_ID}_*"))
+    return {"root": root, "env": nnunet_env(root), "dataset_id": DATASET_ID, "dataset_name": raw_folder.name,
+            "raw_folder": raw_folder}

@@ -185,7 +185,7 @@ def test_benchmark_evaluates_every_checkpoint_of_a_run_on_the_test_set(planned_d
         name, seed, fold, trainer = "CMEDL", 0, 0, cls.__name__
     run = FakeRun()
     run.folder = folder
-    assert [e for e, _ in benchmark_report.checkpoints(run)] == [1, 2, 3]
+    assert [e for e, _ in benchmark_report.checkpoints(run, tmp_path)] == [1, 2, 3]
     monkeypatch.delenv("nnUNet_extTrainer", raising=False)  # the evaluation finds our trainers by itself
     data = pipeline.PreparedDataset(planned_dataset["dataset_id"], planned_dataset["dataset_name"],
                                     Path(planned_dataset["raw_folder"]), SMALL_2D)
@@ -206,6 +206,12 @@ def test_benchmark_evaluates_every_checkpoint_of_a_run_on_the_test_set(planned_d
         assert len(list((tmp_path / "predictions" / f"{cls.__name__}_fold0" / ck).glob("*.nii.gz"))) == n_cases
     benchmark_report.write_summary(summary, tmp_path)
     assert "hard (n=" in (tmp_path / "benchmark_summary.md").read_text()
+    # a run predicted elsewhere (scripts/gpu_benchmark.py brings back predictions, not curve checkpoints): its
+    # complete prediction folders stand for the checkpoints; an incomplete one does not
+    (folder / "checkpoint_epoch_0002.pth").unlink()
+    (folder / "checkpoint_epoch_0001.pth").unlink()
+    (tmp_path / "predictions" / f"{cls.__name__}_fold0" / "checkpoint_epoch_0001" / benchmark_report.COMPLETE).unlink()
+    assert [e for e, _ in benchmark_report.checkpoints(run, tmp_path)] == [2, 3]
 
 
 def test_benchmark_reuses_only_a_finished_run_of_the_same_trainer_and_budget(tmp_path):

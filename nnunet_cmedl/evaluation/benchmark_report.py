@@ -29,14 +29,21 @@ COMPLETE = ".benchmark_prediction_complete"
 
 
 # ------------------------------------------------------------------------------------------------ predictions
-def checkpoints(run, curve_epochs=None) -> list:
+def prediction_folder(workdir: Path, run, checkpoint: str) -> Path:
+    return workdir / "predictions" / f"{run.trainer}_fold{run.fold}" / Path(checkpoint).stem
+
+
+def checkpoints(run, workdir: Path, curve_epochs=None) -> list:
     """(epoch, checkpoint file name) of a finished run: the intermediate curve checkpoints (those of
-    ``curve_epochs`` if given), then the final one."""
+    ``curve_epochs`` if given), then the final one. A checkpoint counts if its file is in the run's folder or its
+    test predictions are complete in ``workdir`` (a run trained and predicted elsewhere: scripts/gpu_benchmark.py)."""
     import torch
     from nnunet_cmedl.training.experiment import CURVE_CHECKPOINT_PATTERN
     final = torch.load(run.folder / "checkpoint_final.pth", map_location="cpu", weights_only=False)["current_epoch"]
     prefix = CURVE_CHECKPOINT_PATTERN.split("{")[0]
-    found = sorted((int(p.stem.removeprefix(prefix)), p.name) for p in run.folder.glob(prefix + "*.pth"))
+    names = {p.name for p in run.folder.glob(prefix + "*.pth")}
+    names |= {p.parent.name + ".pth" for p in prediction_folder(workdir, run, "x").parent.glob(prefix + "*/" + COMPLETE)}
+    found = sorted((int(Path(n).stem.removeprefix(prefix)), n) for n in names)
     return [(e, n) for e, n in found if e < final and (curve_epochs is None or e in curve_epochs)] \
         + [(final, "checkpoint_final.pth")]
 
@@ -147,9 +154,9 @@ def evaluate(runs, data, workdir: Path, device: str, baseline: str, budget_name:
     metadata = per_tumour.load_metadata(data.raw_folder / "phantom_metadata.json")
     labels, images = data.raw_folder / "labelsTs", data.raw_folder / "imagesTs"
     results = defaultdict(dict)  # method -> seed -> {'final', 'curve', 'minutes_at_epoch', 'log'}
-    jobs = [(run, epoch, ck) for run in runs for epoch, ck in checkpoints(run, curve_epochs)]
+    jobs = [(run, epoch, ck) for run in runs for epoch, ck in checkpoints(run, workdir, curve_epochs)]
     for run, epoch, ck in tqdm(jobs, desc="test predictions (runs x checkpoints)", unit="checkpoint"):
-        out = workdir / "predictions" / f"{run.trainer}_fold{run.fold}" / Path(ck).stem
+        out = prediction_folder(workdir, run, ck)
         evaluated = evaluate_prediction(labels, predict_checkpoint(run, ck, images, out, device), metadata,
                                         run.name)
         entry = results[run.name].setdefault(run.seed, {"curve": {}})

@@ -34,6 +34,17 @@ BUDGETS = {
                      curve_checkpoint_every=10,
                      cmedl=dict(generator_features=16, generator_res_blocks=3, discriminator_features=32,
                                 save_snapshot_every=10)),
+    # the benchCPU setting trained 3x longer (3600 iterations): where do the learning curves go after benchCPU's end?
+    # (scripts/gpu_benchmark.py runs it on a GPU beside the benchCPU runs)
+    "benchLong": dict(num_epochs=120, num_iterations_per_epoch=30, num_val_iterations_per_epoch=4, save_every=10,
+                      curve_checkpoint_every=20,
+                      cmedl=dict(generator_features=16, generator_res_blocks=3, discriminator_features=32,
+                                 save_snapshot_every=20)),
+    # a few seconds: checks the benchmark's machinery end to end (tests, dry runs of scripts/gpu_benchmark.py)
+    "benchSmoke": dict(num_epochs=2, num_iterations_per_epoch=2, num_val_iterations_per_epoch=1, save_every=1,
+                       curve_checkpoint_every=1,
+                       cmedl=dict(generator_features=8, generator_res_blocks=1, discriminator_features=8,
+                                  save_snapshot_every=1)),
     # one GPU: nnU-Net's planned configuration, 100 epochs of 250 iterations (nnUNetTrainer_100epochs)
     "benchGPU": dict(num_epochs=100, num_iterations_per_epoch=250, num_val_iterations_per_epoch=50, save_every=10,
                      curve_checkpoint_every=10, cmedl={}),

@@ -1,0 +1,247 @@
+#!/usr/bin/env python
+"""Train `nnunet_cmedl benchmark` runs side by side on one GPU, predict the test cases with every checkpoint, and
+pack what the benchmark's evaluation needs into tarballs that `nnunet_cmedl benchmark --no-train` reads elsewhere.
+
+Why side by side: the benchmark's runs (64x64 patches, batch 8, in-process data augmentation) keep a GPU mostly
+idle, so a dozen of them train at once on a 16-core GPU machine. Why elsewhere: the metrics read images with
+SimpleITK, which a bare GPU machine may lack; the predictions are what the GPU is for. (Without SimpleITK, nnU-Net
+must read and write images with nibabel: set "image_reader_writer": "NibabelIO" in the plans.json of W before
+training; dataset.json's "overwrite_image_reader_writer" alone does not reach nnU-Net's final validation.)
+
+Usage:
+  here:     nnunet_cmedl benchmark --workdir W --prepare-only          (data, plans, MRI, splits_final.json)
+  GPU:      python scripts/gpu_benchmark.py --workdir W --out OUT --deadline 480 \\
+                --runs nnU-Net:benchCPU:0 CMEDL:benchCPU:0 nnU-Net_4xLabels:benchCPU:0:5 ...
+  here:     for t in OUT/bundle_*.tgz; do tar xzf $t -C W; done   (a run's tarballs, any order)
+            nnunet_cmedl benchmark --workdir W --no-train --methods nnU-Net CMEDL ... --seeds 0 1 2
+
+A run is METHOD:BUDGET:SEED[:NICE] (METHOD from training/benchmark_trainers.py's METHODS, or nnU-Net_4xLabels for
+the 4x-label reference on fold 1; BUDGET benchCPU, benchLong, benchSmoke, ...; NICE: CPU priority, higher runs
+later when the CPU is short). Each run trains through the stock nnUNetv2_train (nnUNet_n_proc_DA=0: batches in the
+trainer's process, seeded; no torch.compile), then its checkpoints predict the test images, the final one first.
+At --deadline seconds whatever still runs is stopped and reported as unfinished; then the bundles are written:
+  bundle_runs_<N>.tgz        gpu_benchmark_logs/ (each run's output); per run: nnU-Net's logs, progress plots,
+                             validation summary, checkpoint_final.pth stripped to what the evaluation reads (epoch,
+                             logs, trainer; the student's weights only where the final predictions did not finish)
+                             and the light curve checkpoints whose predictions did not finish;
+  bundle_predictions_<N>.tgz predictions/<trainer>_fold<F>/<checkpoint>/ with their completion markers;
+  (parts of at most ~14 MB each: a GPU machine may return only files of limited size)
+  gpu_benchmark.json      device, timings and the state of every run.
+"""
+import argparse
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tarfile
+import threading
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+STRIPPED_KEYS = ("trainer_name", "init_args", "current_epoch", "logging", "_best_ema",
+                 "inference_allowed_mirroring_axes")
+
+
+def parse_run(spec: str):
+    parts = spec.split(":")
+    if len(parts) not in (3, 4):
+        raise SystemExit(f"--runs {spec}: expected METHOD:BUDGET:SEED[:NICE]")
+    return parts[0], parts[1], int(parts[2]), int(parts[3]) if len(parts) == 4 else 0
+
+
+def setting(workdir: Path, device: str, dataset_id: int, configuration: str):
+    from nnunet_cmedl import pipeline
+    steps = pipeline.make_steps(workdir, device)
+    raw = next(Path(steps.env["nnUNet_raw"]).glob(f"Dataset{dataset_id:03d}_*"))
+    return steps, pipeline.PreparedDataset(dataset_id, raw.name, raw, configuration)
+
+
+def make_run(spec, steps, data):
+    from nnunet_cmedl.benchmark import REFERENCE, Run
+    method, budget, seed, _ = parse_run(spec)
+    return Run(method, seed, 1 if method == REFERENCE else 0, budget, data, steps)
+
+
+def predict(a) -> int:
+    """--predict SPEC: every checkpoint of one finished run on the test images, the final one first."""
+    from nnunet_cmedl.evaluation import benchmark_report
+    steps, data = setting(a.workdir, a.device, a.dataset_id, a.configuration)
+    run = make_run(a.predict, steps, data)
+    for epoch, ck in reversed(benchmark_report.checkpoints(run, a.workdir)):
+        t = time.time()
+        benchmark_report.predict_checkpoint(run, ck, data.raw_folder / "imagesTs",
+                                            benchmark_report.prediction_folder(a.workdir, run, ck), a.device)
+        print(f"{run.trainer} fold {run.fold} {ck} (epoch {epoch}): predicted in {time.time() - t:.1f} s", flush=True)
+    return 0
+
+
+class Job(threading.Thread):
+    def __init__(self, spec, run, env, log: Path, a):
+        super().__init__(daemon=True)
+        self.spec, self.run_, self.env, self.log, self.a = spec, run, env, log, a
+        self.nice = parse_run(spec)[3]
+        self.proc, self.state, self.times, self.stopped = None, "waiting", {}, False
+
+    def _call(self, cmd, f) -> int:
+        if self.stopped:
+            return -1
+        self.proc = subprocess.Popen([str(c) for c in cmd], env=self.env, stdout=f, stderr=subprocess.STDOUT,
+                                     start_new_session=True, preexec_fn=lambda: os.nice(self.nice))
+        return self.proc.wait()
+
+    def run(self):
+        r, a = self.run_, self.a
+        with open(self.log, "w") as f:
+            self.state, t = "training", time.time()
+            train = shutil.which("nnUNetv2_train") or Path(sys.executable).parent / "nnUNetv2_train"
+            rc = self._call([train, a.dataset_id, a.configuration, r.fold,
+                             "-tr", r.trainer, "-device", a.device], f)
+            self.times["train_s"] = time.time() - t
+            if rc != 0 and not self.stopped and (r.folder / "checkpoint_final.pth").is_file():
+                # trained; what failed came after checkpoint_final.pth (nnU-Net's final validation, e.g. an image
+                # writer the machine lacks): the test predictions can still be made
+                self.times["failed_after_checkpoint_final"] = rc
+            elif rc != 0:
+                self.state = "stopped while training" if self.stopped else f"training failed ({rc})"
+                return
+            self.state, t = "predicting", time.time()
+            rc = self._call([sys.executable, __file__, "--predict", self.spec, "--workdir", a.workdir,
+                             "--device", a.device, "-d", a.dataset_id, "-c", a.configuration], f)
+            self.times["predict_s"] = time.time() - t
+            self.state = "done" if rc == 0 else ("stopped while predicting" if self.stopped
+                                                 else f"prediction failed ({rc})")
+
+    def stop(self):
+        self.stopped = True
+        if self.proc is not None and self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+
+
+def strip_checkpoint(src: Path, dst: Path, keep_weights: bool) -> None:
+    import torch
+    checkpoint = torch.load(src, map_location="cpu", weights_only=False)
+    light = {k: checkpoint[k] for k in STRIPPED_KEYS if k in checkpoint}
+    if keep_weights:
+        light["network_weights"] = checkpoint["network_weights"]
+    light["stripped_by"] = ("scripts/gpu_benchmark.py: optimiser, scaler and CMEDL's other networks removed for "
+                            "transfer" + ("" if keep_weights else "; the student's weights too (its test "
+                                                                 "predictions are in predictions/)"))
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    torch.save(light, dst)
+
+
+class SplitTar:
+    """tar.gz parts of at most about ``limit`` bytes each (a GPU machine returns files of limited size)."""
+
+    def __init__(self, stem: Path, limit: float = 14e6):
+        self.stem, self.limit, self.n, self.tar = stem, limit, 0, None
+
+    def add(self, path: Path, name: str) -> None:
+        if self.tar is None or os.path.getsize(self.tar.name) + path.stat().st_size > self.limit:
+            self.close()
+            self.n += 1
+            self.tar = tarfile.open(f"{self.stem}_{self.n}.tgz", "w:gz")
+        self.tar.add(path, name)
+        self.tar.fileobj.flush()
+
+    def close(self) -> None:
+        if self.tar is not None:
+            self.tar.close()
+
+
+def bundle(jobs, a, staging: Path) -> None:
+    from nnunet_cmedl.evaluation import benchmark_report
+    runs_tar = SplitTar(a.out / "bundle_runs")
+    predictions_tar = SplitTar(a.out / "bundle_predictions")
+    for job in jobs:
+        r = job.run_
+        rel = r.folder.relative_to(a.workdir)
+        if r.folder.is_dir():
+            for p in sorted(r.folder.parent.glob("*.json")):  # dataset.json, plans.json: the predictor's
+                runs_tar.add(p, str(rel.parent / p.name))
+            for p in sorted(r.folder.iterdir()):
+                if p.is_file() and (p.suffix in (".json", ".txt", ".png")):
+                    runs_tar.add(p, str(rel / p.name))
+            summary = r.folder / "validation" / "summary.json"
+            if summary.is_file():
+                runs_tar.add(summary, str(rel / "validation" / "summary.json"))
+            final = r.folder / "checkpoint_final.pth"
+            if final.is_file():
+                predicted = (benchmark_report.prediction_folder(a.workdir, r, final.name)
+                             / benchmark_report.COMPLETE).is_file()
+                light = staging / rel / final.name
+                strip_checkpoint(final, light, keep_weights=not predicted)
+                runs_tar.add(light, str(rel / final.name))
+            for ck in sorted(r.folder.glob("checkpoint_epoch_*.pth")) if final.is_file() else []:
+                # a curve checkpoint whose predictions did not finish travels, to be predicted elsewhere
+                if not (benchmark_report.prediction_folder(a.workdir, r, ck.name) / benchmark_report.COMPLETE).is_file():
+                    runs_tar.add(ck, str(rel / ck.name))
+        folder = benchmark_report.prediction_folder(a.workdir, r, "x").parent
+        for ck in sorted(folder.glob("*")) if folder.is_dir() else []:
+            if (ck / benchmark_report.COMPLETE).is_file():
+                for p in sorted(ck.iterdir()):
+                    predictions_tar.add(p, str(p.relative_to(a.workdir)))
+    for p in sorted((a.workdir / "gpu_benchmark_logs").iterdir()):
+        runs_tar.add(p, str(p.relative_to(a.workdir)))
+    runs_tar.close()
+    predictions_tar.close()
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--workdir", type=Path, required=True, help="a workdir of nnunet_cmedl benchmark --prepare-only")
+    p.add_argument("--out", type=Path, help="where the bundles go")
+    p.add_argument("--runs", nargs="+", default=[], help="METHOD:BUDGET:SEED[:NICE] ...")
+    p.add_argument("--deadline", type=float, default=480, help="seconds; runs still going are stopped")
+    p.add_argument("--fail-fast", action="store_true", help="stop everything if a training fails in the first 150 s (a broken setup)")
+    p.add_argument("--device", default="cuda")
+    p.add_argument("-d", "--dataset-id", type=int, default=502)
+    p.add_argument("-c", "--configuration", default="2d_bench")
+    p.add_argument("--predict", help=argparse.SUPPRESS)
+    a = p.parse_args(argv)
+    a.workdir = a.workdir.resolve()
+    if a.predict:
+        return predict(a)
+    t0 = time.time()
+    steps, data = setting(a.workdir, a.device, a.dataset_id, a.configuration)
+    a.out.mkdir(parents=True, exist_ok=True)
+    env = dict(steps.env, nnUNet_n_proc_DA="0", nnUNet_compile="false", OMP_NUM_THREADS="1",
+               PYTHONPATH=os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])))
+    logs = a.workdir / "gpu_benchmark_logs"  # one per run, into bundle_runs.tgz (few files come back from a GPU)
+    logs.mkdir(exist_ok=True)
+    jobs = [Job(spec, make_run(spec, steps, data), env, logs / f"{spec.replace(':', '_')}.log", a)
+            for spec in a.runs]
+    for job in jobs:
+        job.start()
+    while any(j.is_alive() for j in jobs) and time.time() - t0 < a.deadline:
+        time.sleep(5)
+        failed = [j.spec for j in jobs if j.state.startswith("training failed")]
+        if failed and a.fail_fast and time.time() - t0 < 150:  # a broken setup, not one method's failure
+            print(f"--fail-fast: training failed for {', '.join(failed)} (logs: {logs}); stopping", flush=True)
+            break
+        states = {}
+        for j in jobs:
+            states[j.state] = states.get(j.state, 0) + 1
+        print(f"{time.time() - t0:6.0f} s: " + ", ".join(f"{k} {v}" for k, v in states.items()), flush=True)
+    for job in jobs:
+        job.stop()
+    for job in jobs:
+        job.join(timeout=30)
+    bundle(jobs, a, a.workdir / "gpu_benchmark_staging")
+    import torch
+    report = {"device": torch.cuda.get_device_name(0) if a.device.startswith("cuda") else a.device,
+              "torch": torch.__version__, "seconds": time.time() - t0, "deadline": a.deadline,
+              "runs": {j.spec: {"trainer": j.run_.trainer, "fold": j.run_.fold, "state": j.state, **j.times}
+                       for j in jobs}}
+    (a.out / "gpu_benchmark.json").write_text(json.dumps(report, indent=1))
+    print(json.dumps(report, indent=1))
+    return 1 if any(j.state.startswith("training failed") for j in jobs) else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

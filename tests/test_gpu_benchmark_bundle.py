@@ -1,0 +1,58 @@
+"""scripts/gpu_benchmark.py's transfer format: checkpoints stripped to what the benchmark's evaluation reads, and
+tarballs split into parts a GPU machine can return. (Its whole path, train -> predict -> bundle -> `benchmark
+--no-train`, was run on an H200: docs/BENCHMARK.md.)"""
+import importlib.util
+import tarfile
+from pathlib import Path
+
+import numpy as np
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def load_script():
+    spec = importlib.util.spec_from_file_location("gpu_benchmark", REPO / "scripts" / "gpu_benchmark.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_stripped_checkpoint_keeps_what_the_evaluation_reads(tmp_path):
+    g = load_script()
+    full = {"trainer_name": "nnUNetTrainerCMEDL_benchCPU_seed1", "init_args": {"fold": 0}, "current_epoch": 40,
+            "logging": {"mean_fg_dice": [0.1, 0.2]}, "network_weights": {"w": torch.ones(3)},
+            "optimizer_state": {"big": torch.zeros(1000)}, "cmedl_teacher": {"w": torch.ones(5)},
+            "inference_allowed_mirroring_axes": (0, 1)}
+    torch.save(full, tmp_path / "full.pth")
+    for keep in (True, False):
+        g.strip_checkpoint(tmp_path / "full.pth", tmp_path / f"light_{keep}.pth", keep_weights=keep)
+        light = torch.load(tmp_path / f"light_{keep}.pth", weights_only=False)
+        assert light["current_epoch"] == 40 and light["logging"] == full["logging"]
+        assert light["trainer_name"] == full["trainer_name"] and light["init_args"] == {"fold": 0}
+        assert "optimizer_state" not in light and "cmedl_teacher" not in light
+        assert ("network_weights" in light) == keep and "scripts/gpu_benchmark.py" in light["stripped_by"]
+
+
+def test_split_tar_parts_stay_under_the_limit_and_hold_every_file(tmp_path):
+    g = load_script()
+    rng = np.random.default_rng(0)
+    files = []
+    for i in range(7):  # incompressible 300 kB files
+        p = tmp_path / "in" / f"f{i}.bin"
+        p.parent.mkdir(exist_ok=True)
+        p.write_bytes(rng.bytes(300_000))
+        files.append(p)
+    tar = g.SplitTar(tmp_path / "out" / "bundle", limit=700_000)
+    (tmp_path / "out").mkdir()
+    for p in files:
+        tar.add(p, f"x/{p.name}")
+    tar.close()
+    parts = sorted((tmp_path / "out").glob("bundle_*.tgz"))
+    assert len(parts) >= 3 and all(p.stat().st_size < 700_000 + 100_000 for p in parts)
+    names = [m.name for p in parts for m in tarfile.open(p).getmembers()]
+    assert sorted(names) == sorted(f"x/{p.name}" for p in files)
+    out = tmp_path / "extracted"
+    for p in parts:
+        tarfile.open(p).extractall(out, filter="data")
+    assert all((out / "x" / p.name).read_bytes() == p.read_bytes() for p in files)
