@@ -24,7 +24,7 @@ from nnunet_cmedl.errors import UserInputError
 from nnunet_cmedl.evaluation import compare_cli, evaluate_cli
 from nnunet_cmedl.evaluation.compare_cli import compare_methods
 from nnunet_cmedl.evaluation.statistics import paired_wilcoxon
-from nnunet_cmedl.evaluation.metrics import (case_metrics, evaluate_folders, mask_metrics, surface_distance_module)
+from nnunet_cmedl.evaluation.metrics import case_metrics, evaluate_folders, mask_metrics
 
 SPACING = (2.0, 0.7, 0.7)  # array-axis order (z, y, x): anisotropic, offsets along an in-plane axis
 DIAG = math.sqrt(sum(s * s for s in SPACING))  # voxel diagonal D
@@ -149,11 +149,57 @@ def test_surface_dice_and_hd95_cross_check_against_monai(seed):
     assert abs(mask_metrics(a, b, SPACING, 2.0)["hd95"] - hd95_monai) <= DIAG
 
 
-def test_shim_leaves_numpy_alone():
-    sd = surface_distance_module()
-    assert sd.np.Inf == np.inf and math.isnan(sd.np.NaN)
-    if int(np.__version__.split(".")[0]) >= 2:
-        assert not hasattr(np, "Inf")  # the aliases live only inside surface_distance.metrics
+def deepmind_surface_distance():
+    """DeepMind's reference ``surface_distance.metrics`` (0.1, the PyPI release) made to run on NumPy 2 / SciPy 2:
+    inside that module only, ``np`` gains the removed ``Inf``/``NaN`` aliases and ``ndimage`` the removed
+    ``filters``/``morphology`` namespaces. The test oracle for the product's MONAI-based surfaces."""
+    import types
+    import scipy.ndimage
+    import surface_distance.metrics as sdm
+
+    class Numpy(types.ModuleType):
+        Inf, NaN = np.inf, np.nan
+
+        def __getattr__(self, name):
+            return getattr(np, name)
+
+    class Ndimage(types.ModuleType):
+        filters = morphology = scipy.ndimage
+
+        def __getattr__(self, name):
+            return getattr(scipy.ndimage, name)
+
+    sdm.np, sdm.ndimage = Numpy("numpy"), Ndimage("scipy.ndimage")
+    return sdm
+
+
+def blob(rng, shape, threshold):
+    return ndimage.gaussian_filter(rng.normal(size=shape), 2.0) > threshold
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2, 3])
+def test_surface_dice_and_hd95_equal_deepminds_reference(seed):
+    """The product's MONAI surfels with DeepMind's definitions give DeepMind's numbers (float noise), on irregular
+    3d and 2d shapes with anisotropic spacing, touching the border, one inside the other, far apart."""
+    sd = deepmind_surface_distance()
+    rng = np.random.default_rng(seed)
+    shape3, shape2 = (14, 40, 36), (48, 40)
+    cases = [(blob(rng, shape3, 0.05), blob(rng, shape3, 0.1), SPACING),
+             (blob(rng, shape2, 0.0), blob(rng, shape2, 0.15), (0.8, 1.3))]
+    a = np.zeros(shape3, bool)
+    a[3:10, 5:30, 4:20] = True
+    cases.append((a, ndimage.binary_erosion(a, iterations=2), SPACING))
+    far = np.zeros(shape3, bool)
+    far[1:4, 30:38, 28:35] = True
+    cases.append((a, far, SPACING))
+    for ref, pred, spacing in cases:
+        assert ref.any() and pred.any()
+        dists = sd.compute_surface_distances(ref, pred, spacing)
+        ours = {t: mask_metrics(ref, pred, spacing, t) for t in (1.0, 2.0, 3.5)}
+        for t, m in ours.items():
+            assert m["sdsc"] == pytest.approx(sd.compute_surface_dice_at_tolerance(dists, t), abs=1e-6)
+        # MONAI's distances are float32: equal up to float32 rounding
+        assert ours[2.0]["hd95"] == pytest.approx(sd.compute_robust_hausdorff(dists, 95), rel=1e-6)
 
 
 # ------------------------------------------------------------------------------------------------ edge cases

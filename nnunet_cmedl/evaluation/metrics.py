@@ -12,35 +12,29 @@ Python API
 Definitions (also in ``DEFINITIONS`` / the JSON's "definitions" section and in ``--help``)
 -------------------------------------------------------------------------------------------
 * DSC = 2|R ∩ P| / (|R| + |P|), voxel counts of the label in the reference R and the prediction P.
-* Surfaces, surface Dice and HD95 come from DeepMind's ``surface-distance`` package (the reference implementation
-  of Nikolov et al., "Clinically applicable segmentation of head and neck anatomy for radiotherapy", JMIR 2021):
-  the surface of a mask is made of surface elements ("surfels") found in every 2x2x2 voxel neighbourhood, each with
-  its area in mm² computed from the voxel spacing; distances are Euclidean distances in mm between surfels
-  (``scipy.ndimage.distance_transform_edt`` with ``sampling=spacing``).
+* Surfaces come from MONAI (``monai.metrics.utils.get_edge_surface_distance(..., use_subvoxels=True)``), which
+  implements the surface elements of DeepMind's reference (Nikolov et al., "Clinically applicable segmentation of
+  head and neck anatomy for radiotherapy", JMIR 2021; the ``surface-distance`` package): the surface of a mask is
+  made of surface elements ("surfels") found in every 2x2x2 voxel neighbourhood, each with its area in mm² from the
+  voxel spacing; distances are Euclidean distances in mm between surfels.
 * sDSC at tolerance t = (area of R's surface within t of P's surface + area of P's surface within t of R's surface)
-  / (area of R's surface + area of P's surface); "within" is distance <= t  (``compute_surface_dice_at_tolerance``).
-* HD95 = max(95th area-weighted percentile of the distances from R's surfels to P's surface, the same from P to R)
-  (``compute_robust_hausdorff(distances, 95)``), in mm.
+  / (area of R's surface + area of P's surface); "within" is distance <= t (MONAI ``compute_surface_dice`` with
+  ``use_subvoxels=True``; DeepMind ``compute_surface_dice_at_tolerance``).
+* HD95 = max(95th area-weighted percentile of the distances from R's surfels to P's surface, the same from P to R),
+  in mm: DeepMind's ``compute_robust_hausdorff(distances, 95)`` (distances sorted with their areas; the first whose
+  cumulative area fraction reaches 0.95), computed here on MONAI's surfels. (MONAI's own
+  ``compute_hausdorff_distance`` takes an unweighted percentile over boundary voxels: another number.)
+  tests/test_metrics.py checks both against DeepMind's package and against analytic spheres.
 * Empty masks: both empty -> DSC 1, sDSC 1, HD95 0. Exactly one empty -> DSC 0, sDSC 0, HD95 NaN with
   ``hd95_undefined`` = 1 (no distance exists; never a silent 0 and no made-up penalty). Aggregates skip NaN and
   report how many values they used (``n``) and skipped (``n_nan``).
-
-The ``surface-distance`` shim
------------------------------
-``surface-distance`` 0.1 (the version on PyPI, unchanged upstream since) was written for NumPy 1 / SciPy 1:
-it uses ``np.Inf`` / ``np.NaN`` (removed in NumPy 2), the ``scipy.ndimage.filters`` / ``scipy.ndimage.morphology``
-namespaces (deprecated, removed in SciPy 2) and sorts its surfels with a Python ``sorted(zip(...))`` (slow for
-large surfaces). ``surface_distance_module()`` replaces, inside that module only, ``np`` by a proxy of numpy that
-also has ``Inf``/``NaN``, ``ndimage`` by a proxy of ``scipy.ndimage`` whose ``filters``/``morphology`` point back at
-``scipy.ndimage``, and ``_sort_distances_surfels`` by the same (distance, area) ordering done with ``np.lexsort``.
-numpy and scipy themselves are not modified; the results are identical to the original code.
 """
 from __future__ import annotations
 
 import math
 import os
+import warnings
 import sys
-import types
 from concurrent.futures import ProcessPoolExecutor
 from datetime import datetime, timezone
 from multiprocessing import get_context
@@ -48,7 +42,6 @@ from pathlib import Path
 from typing import Dict, Iterable, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
-import scipy.ndimage
 
 from nnunet_cmedl.errors import UserInputError, itk_message
 
@@ -65,60 +58,56 @@ DIRECTION_ATOL = 1e-4        # |direction cosine difference| <= 1e-4, per matrix
 Label = Union[int, Tuple[int, ...]]
 
 # --------------------------------------------------------------------------------------------------------------------
-# surface-distance (DeepMind) with the NumPy 2 / SciPy 2 shim
+# surfaces (MONAI) and the DeepMind definitions on them
 # --------------------------------------------------------------------------------------------------------------------
 
+def surface_distances(ref_mask: np.ndarray, pred_mask: np.ndarray, spacing: Sequence[float]) -> dict:
+    """MONAI's surface elements of two non-empty masks: distances (mm) from each surfel of one mask to the other's
+    surface and the surfels' areas (mm²), each direction sorted by (distance, area) as DeepMind's reference does."""
+    import torch
+    from monai.metrics.utils import get_edge_surface_distance
+    with warnings.catch_warnings():  # MONAI 1.5-1.6 warns about its own internal use of a deprecated argument
+        warnings.simplefilter("ignore", FutureWarning)
+        (e_pred, e_ref), (d_pred_ref, d_ref_pred), (a_pred, a_ref) = get_edge_surface_distance(
+            torch.as_tensor(np.ascontiguousarray(pred_mask)), torch.as_tensor(np.ascontiguousarray(ref_mask)),
+            distance_metric="euclidean", spacing=list(spacing), use_subvoxels=True, symmetric=True, warn_empty=False)
+    a_pred, a_ref = a_pred[e_pred], a_ref[e_ref]  # area maps -> one area per surfel, in the distances' order
 
-class _NumpyWithOldAliases(types.ModuleType):
-    """numpy, plus the ``np.Inf`` / ``np.NaN`` aliases that NumPy 2 removed (used by surface-distance 0.1)."""
+    def ordered(distances, areas):
+        distances = np.asarray(distances.cpu(), dtype=np.float64)
+        areas = np.asarray(areas.cpu(), dtype=np.float64)
+        order = np.lexsort((areas, distances))
+        return distances[order], areas[order]
 
-    Inf = np.inf
-    NaN = np.nan
-
-    def __getattr__(self, name):
-        return getattr(np, name)
-
-
-class _NdimageWithOldNamespaces(types.ModuleType):
-    """scipy.ndimage, where the deprecated ``filters``/``morphology`` sub-namespaces are scipy.ndimage itself."""
-
-    filters = scipy.ndimage
-    morphology = scipy.ndimage
-
-    def __getattr__(self, name):
-        return getattr(scipy.ndimage, name)
-
-
-def _sort_distances_surfels(distances, surfel_areas):
-    """Same order as surface-distance's ``sorted(zip(distances, surfel_areas))`` (by distance, then area), in numpy."""
-    distances = np.asarray(distances, dtype=np.float64)
-    surfel_areas = np.asarray(surfel_areas, dtype=np.float64)
-    order = np.lexsort((surfel_areas, distances))
-    return distances[order], surfel_areas[order]
+    d_ref_pred, a_ref = ordered(d_ref_pred, a_ref)
+    d_pred_ref, a_pred = ordered(d_pred_ref, a_pred)
+    return {"distances_ref_to_pred": d_ref_pred, "areas_ref": a_ref,
+            "distances_pred_to_ref": d_pred_ref, "areas_pred": a_pred}
 
 
-_SD = None
+def surface_dice_at_tolerance(surfaces: dict, tolerance_mm: float) -> float:
+    """DeepMind's compute_surface_dice_at_tolerance on ``surface_distances``' output."""
+    d_rp, a_r = surfaces["distances_ref_to_pred"], surfaces["areas_ref"]
+    d_pr, a_p = surfaces["distances_pred_to_ref"], surfaces["areas_pred"]
+    return float((a_r[d_rp <= tolerance_mm].sum() + a_p[d_pr <= tolerance_mm].sum()) / (a_r.sum() + a_p.sum()))
 
 
-def surface_distance_module():
-    """DeepMind's ``surface_distance.metrics`` with the compatibility shim described in this module's docstring."""
-    global _SD
-    if _SD is None:
-        try:
-            import surface_distance.metrics as sdm
-        except ImportError as e:  # pragma: no cover - it is a declared dependency
-            raise ImportError("the 'surface-distance' package (DeepMind) is needed: pip install surface-distance") from e
-        sdm.np = _NumpyWithOldAliases("numpy")
-        sdm.ndimage = _NdimageWithOldNamespaces("scipy.ndimage")
-        sdm._sort_distances_surfels = _sort_distances_surfels
-        _SD = sdm
-    return _SD
+def robust_hausdorff(surfaces: dict, percent: float) -> float:
+    """DeepMind's compute_robust_hausdorff: the larger of the two directions' area-weighted ``percent``-th
+    percentile distance (the first sorted distance whose cumulative area fraction reaches percent/100)."""
+    def percentile(distances, areas):
+        if len(distances) == 0:
+            return math.inf
+        index = int(np.searchsorted(np.cumsum(areas) / np.sum(areas), percent / 100.0))
+        return float(distances[min(index, len(distances) - 1)])
+    return max(percentile(surfaces["distances_ref_to_pred"], surfaces["areas_ref"]),
+               percentile(surfaces["distances_pred_to_ref"], surfaces["areas_pred"]))
 
 
-def surface_distance_version() -> str:
+def monai_version() -> str:
     try:
         from importlib.metadata import version
-        return version("surface-distance")
+        return version("monai")
     except Exception:  # pragma: no cover
         return "unknown"
 
@@ -153,8 +142,9 @@ def definitions(tolerance_mm: float) -> Dict[str, str]:
                    "dataset.json) is the union of their voxels. If dataset.json defines an 'ignore' label, prediction "
                    "voxels where the reference has the ignore value are removed from the prediction before every "
                    "metric, and the ignore label itself is not evaluated."),
-        "implementation": (f"surface-distance {surface_distance_version()} (DeepMind) with a NumPy 2 / SciPy 2 "
-                           "compatibility shim (nnunet_cmedl.evaluation.metrics.surface_distance_module)."),
+        "implementation": (f"surfaces, areas and distances from MONAI {monai_version()} "
+                           "(get_edge_surface_distance, use_subvoxels=True); sDSC and HD95 as DeepMind's "
+                           "surface-distance defines them (nnunet_cmedl.evaluation.metrics)."),
     }
 
 
@@ -228,12 +218,9 @@ def mask_metrics(ref_mask: np.ndarray, pred_mask: np.ndarray, spacing_mm: Sequen
     if n_ref == 0 or n_pred == 0:
         out.update(dsc=0.0, sdsc=0.0, hd95=float("nan"), hd95_undefined=True)
         return out
-    sd = surface_distance_module()
-    dists = sd.compute_surface_distances(np.ascontiguousarray(ref_mask), np.ascontiguousarray(pred_mask), spacing)
-    out.update(dsc=dice(ref_mask, pred_mask),
-               sdsc=float(sd.compute_surface_dice_at_tolerance(dists, tol)),
-               hd95=float(sd.compute_robust_hausdorff(dists, HD95_PERCENT)),
-               hd95_undefined=False)
+    surfaces = surface_distances(ref_mask, pred_mask, spacing)
+    out.update(dsc=dice(ref_mask, pred_mask), sdsc=surface_dice_at_tolerance(surfaces, tol),
+               hd95=robust_hausdorff(surfaces, HD95_PERCENT), hd95_undefined=False)
     return out
 
 
