@@ -163,6 +163,14 @@ def test_paired_tests_pool_over_seeds_both_ways():
     assert t["seed_averaged"]["p_value"] < 0.001 and t["pooled"]["p_value"] < 1e-6
     same = paired_tests(base, base)
     assert same["pooled"]["mean_difference"] == 0 and "zero" in same["pooled"]["note"]
+    # a run effect (each seed's run shifted by 0, 0.2, 0.4) larger than the method's +0.05: the tests over tumours
+    # call it certain, the test over runs does not (3 runs a side)
+    shifted = {s: {u: float(rng.uniform(0.2, 0.3)) + 0.2 * s for u in units} for s in range(3)}
+    plus = {s: {u: v + 0.05 for u, v in shifted[s].items()} for s in range(3)}
+    t = paired_tests(shifted, plus)
+    assert t["seed_averaged"]["p_value"] < 0.001 and t["pooled"]["p_value"] < 1e-6
+    assert t["runs"]["mean_difference"] == pytest.approx(0.05) and t["runs"]["p_value"] > 0.5
+    assert (t["runs"]["n_a"], t["runs"]["n_b"]) == (3, 3)
 
 
 def test_benchmark_evaluates_every_checkpoint_of_a_run_on_the_test_set(planned_dataset, monkeypatch, tmp_path):

@@ -112,6 +112,40 @@ def test_stock_predict_with_the_student(trained_3d, tmp_path):
         assert set(np.unique(sitk.GetArrayFromImage(b))) <= {0, 1}
 
 
+def shift_head(weights: dict, foreground_bias: float) -> None:
+    """Adds ``foreground_bias`` to the foreground logit of a network's full-resolution segmentation head."""
+    import re
+    head = max((k for k in weights if re.fullmatch(r"decoder\.seg_layers\.\d+\.bias", k)),
+               key=lambda k: int(k.split(".")[2]))
+    weights[head][1] += foreground_bias
+
+
+def test_stock_predict_runs_the_student_not_the_teacher(trained_3d, tmp_path):
+    """A copy of the model whose student head says 'foreground everywhere' and whose teacher head says 'background
+    everywhere': stock nnUNetv2_predict must segment everything (it runs network_weights, the student); swapped or
+    ignored weights give an empty or a different mask."""
+    import shutil
+    env = dict(trained_3d["env"], nnUNet_results=str(tmp_path / "results"))
+    src = trained_3d["fold"].parent
+    dst = tmp_path / "results" / trained_3d["dataset_name"] / src.name
+    shutil.copytree(src, dst, ignore=shutil.ignore_patterns("checkpoint_best.pth", "checkpoint_latest.pth"))
+    ckpt_file = dst / "fold_0" / "checkpoint_final.pth"
+    ckpt = torch.load(ckpt_file, map_location="cpu", weights_only=False)
+    shift_head(ckpt["network_weights"], 1e4)
+    shift_head(ckpt["cmedl_teacher_weights"], -1e4)
+    torch.save(ckpt, ckpt_file)
+    out = tmp_path / "pred"
+    run([BIN / "nnUNetv2_predict", "-i", trained_3d["raw_folder"] / "imagesTs", "-o", out, "-d",
+         trained_3d["dataset_id"], "-c", SMALL_3D, "-f", "0", "-tr", TINY, "--disable_tta", "-device", "cpu",
+         "-npp", "1", "-nps", "1"], env)
+    preds = sorted(out.glob("*.nii.gz"))
+    assert len(preds) == len(list((trained_3d["raw_folder"] / "imagesTs").glob("*_0000.nii.gz"))) > 0
+    for p in preds:
+        seg = sitk.GetArrayFromImage(sitk.ReadImage(str(p)))
+        # nnU-Net's crop to the nonzero region leaves a background border; inside it, all foreground
+        assert (seg == 1).mean() > 0.5, p.name
+
+
 def test_stock_continue_and_val_flags(trained_3d):
     env, did = trained_3d["env"], trained_3d["dataset_id"]
     r = run([BIN / "nnUNetv2_train", did, SMALL_3D, "0", "-tr", TINY, "-device", "cpu", "--c"], env)

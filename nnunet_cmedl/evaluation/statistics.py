@@ -42,3 +42,23 @@ def paired_wilcoxon(a: Sequence[float], b: Sequence[float], alpha: float = DEFAU
         notes.append(f"{n - n_nonzero} zero difference(s) dropped")
     out["note"] = "; ".join(notes)
     return out
+
+
+def welch_t_test(a: Sequence[float], b: Sequence[float]) -> dict:
+    """Two-sided Welch t-test of two independent samples, e.g. one value per training run (seed) of two methods:
+    the test whose unit is the run, so that run-to-run variation counts (tests over tumours treat a run as fixed)."""
+    a = np.asarray([x for x in a if np.isfinite(x)], dtype=np.float64)
+    b = np.asarray([x for x in b if np.isfinite(x)], dtype=np.float64)
+    out = {"n_a": int(a.size), "n_b": int(b.size), "mean_difference": float("nan"), "p_value": float("nan"),
+           "note": ""}
+    if a.size < 2 or b.size < 2:
+        out["note"] = "no test: fewer than 2 runs on one side"
+        return out
+    out["mean_difference"] = float(a.mean() - b.mean())
+    if a.std() == 0 and b.std() == 0:
+        out["note"] = "no test: no variation between runs"
+        return out
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        out["p_value"] = float(stats.ttest_ind(a, b, equal_var=False).pvalue)
+    return out
