@@ -57,13 +57,30 @@ def current_umask() -> int:
 
 
 def atomic_temp_path(final_path) -> str:
-    """A temporary file path beside ``final_path`` with the same suffix (for writers that take a file name)."""
+    """A temporary file path beside ``final_path`` with the same suffix (for writers that take a file name), with
+    the permissions a new file gets from the umask (mkstemp's are private, 0600)."""
     final_path = Path(final_path)
     final_path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{final_path.stem}.tmp-", suffix="".join(final_path.suffixes),
                                dir=final_path.parent)
     os.close(fd)
+    os.chmod(tmp, 0o666 & ~current_umask())
     return tmp
+
+
+@contextmanager
+def atomic_path(final_path):
+    """Yield a temporary path beside ``final_path`` for a writer that takes a file name (torch.save, savefig, an
+    image writer); when the block succeeds, one ``os.replace`` puts it in place (an existing file stays readable
+    until that instant); when it fails, the temporary file is removed and ``final_path`` is untouched."""
+    tmp = atomic_temp_path(final_path)
+    try:
+        yield tmp
+        os.replace(tmp, final_path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
 
 
 def replace_path(src, dst) -> None:

@@ -7,7 +7,7 @@ import matplotlib
 import numpy as np
 from matplotlib.figure import Figure
 
-from mri_unpaired.atomic import atomic_temp_path, replace_path
+from mri_unpaired.atomic import atomic_path
 
 
 @contextmanager
@@ -29,9 +29,8 @@ def colours() -> list:
 
 def save_figure(fig, filename, dpi: int = 80) -> None:
     """PNG, written under a temporary name and renamed: never a half-written file under the real name."""
-    tmp = atomic_temp_path(filename)
-    fig.savefig(tmp, dpi=dpi)
-    replace_path(tmp, filename)
+    with atomic_path(filename) as tmp:
+        fig.savefig(tmp, dpi=dpi)
 
 
 def largest_area_slice(mask: np.ndarray) -> int:

@@ -325,7 +325,9 @@ def load_case_groups(spec) -> Dict[str, str]:
     return out
 
 
-def list_cases(folder, file_ending: str, what: str) -> Dict[str, Path]:
+def files_by_case(folder, file_ending: str, what: str) -> Dict[str, Path]:
+    """{case: file} of a folder of label maps named CASE<file_ending> (nnU-Net's labelsTr/labelsTs and predictions;
+    images with channel suffixes are export_pmri.input_cases')."""
     folder = Path(folder)
     if not folder.is_dir():
         raise UserInputError(f"{folder}: {what} folder does not exist or is not a folder")
@@ -343,8 +345,8 @@ def list_cases(folder, file_ending: str, what: str) -> Dict[str, Path]:
 
 def match_cases(ref_folder, pred_folder, file_ending: str = ".nii.gz", allow_missing: bool = False):
     """Pairs (case, ref_path, pred_path) matched by file name; also the missing and the unmatched case ids."""
-    refs = list_cases(ref_folder, file_ending, "reference")
-    preds = list_cases(pred_folder, file_ending, "prediction")
+    refs = files_by_case(ref_folder, file_ending, "reference")
+    preds = files_by_case(pred_folder, file_ending, "prediction")
     if not refs:
         raise UserInputError(f"{ref_folder}: no reference file ending in {file_ending!r}")
     missing = [c for c in refs if c not in preds]

@@ -10,7 +10,6 @@ Panels, all on the axial slice (first array axis) where the reference tumour is 
 """
 import argparse
 import json
-import os
 import sys
 from pathlib import Path
 from typing import Dict, List, Optional
@@ -20,7 +19,7 @@ import numpy as np
 from nnunet_cmedl.errors import UserInputError
 from nnunet_cmedl.evaluation.metrics import dice
 from nnunet_cmedl.plotting import largest_area_slice
-from mri_unpaired.atomic import atomic_file, atomic_temp_path, refuse_existing, replace_path
+from mri_unpaired.atomic import atomic_file, atomic_path, refuse_existing
 
 CT_WINDOW = (400.0, 40.0)  # width, level (HU): mediastinal
 COLOURS = {"reference": "#00c000", "student": "#ff2020", "teacher": "#2060ff"}
@@ -176,15 +175,8 @@ def render_panel(png_file, case_id: str, ct: np.ndarray, pmri: np.ndarray, refer
         ax.set_yticks([])
     fig.suptitle(f"{case_id}: slice of largest reference tumour area (axial, array axis 0); "
                  f"DSC over the whole case", fontsize=11)
-    tmp = atomic_temp_path(png_file)
-    try:
+    with atomic_path(png_file) as tmp:
         fig.savefig(tmp, format="png")
-        os.chmod(tmp, 0o644)
-        replace_path(tmp, png_file)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
 
 
 # ---------------------------------------------------------------------------------------------- all cases
@@ -208,7 +200,7 @@ def make_case_panels(model, images_folder, labels_folder, out_folder, student_pr
     Writes ``index.json`` beside the PNGs; returns the PNG paths in case order."""
     from tqdm import tqdm
 
-    from nnunet_cmedl.inference.export_pmri import list_cases, translate_case
+    from nnunet_cmedl.inference.export_pmri import input_cases, translate_case
 
     images_folder, labels_folder, out_folder = Path(images_folder), Path(labels_folder), Path(out_folder)
     if not images_folder.is_dir():
@@ -217,7 +209,7 @@ def make_case_panels(model, images_folder, labels_folder, out_folder, student_pr
         raise UserInputError(f"{labels_folder}: reference labels folder not found")
     if student_pred_folder is not None and not Path(student_pred_folder).is_dir():
         raise UserInputError(f"{student_pred_folder}: --student-pred folder not found")
-    cases = list_cases(model, images_folder)
+    cases = input_cases(model, images_folder)
     ending = model.file_ending
     # every input and output checked before the first (slow) case
     for c in cases:

@@ -30,7 +30,7 @@ import torch
 
 from nnunet_cmedl.errors import UserInputError
 from nnunet_cmedl.inference.cmedl_model import CMEDLModel, add_model_arguments, model_from_arguments
-from mri_unpaired.atomic import atomic_temp_path, current_umask, refuse_existing, replace_path
+from mri_unpaired.atomic import atomic_temp_path, refuse_existing
 
 PMRI_SUFFIX = "_pMRI.nii.gz"
 TEACHER_SEG_SUFFIX = "_teacher_seg"
@@ -72,7 +72,7 @@ def _check_channels(model: CMEDLModel, case_id: str, found: Dict[int, str], wher
     return [found[c] for c in expected]
 
 
-def list_cases(model: CMEDLModel, input_path) -> List[CaseFiles]:
+def input_cases(model: CMEDLModel, input_path) -> List[CaseFiles]:
     """Cases of ``input_path``: one CT file (its sibling channel files join it, nnU-Net naming) or a folder of
     nnU-Net-named files ``CASE_XXXX<file_ending>`` grouped per case like nnUNetv2_predict does."""
     input_path = Path(input_path)
@@ -370,9 +370,7 @@ def write_case(result: CaseResult, files: Dict[str, Path], overwrite: bool = Fal
                 seg = result.teacher_seg if key == "teacher_seg" else result.student_seg
                 result.reader_writer.write_seg(seg, tmp, result.properties)  # nnU-Net's own label export
         for key, final in files.items():
-            tmp = temps.pop(key)
-            os.chmod(tmp, 0o666 & ~current_umask())  # mkstemp made it private
-            replace_path(tmp, final)
+            os.replace(temps.pop(key), final)  # atomic_temp_path gave it normal permissions
     finally:
         for tmp in temps.values():
             with contextlib.suppress(OSError):
@@ -404,7 +402,7 @@ def export_pseudo_mri_batch(model: CMEDLModel, input_path, output_folder, teache
     """Every case of ``input_path`` (a CT file or a folder of nnU-Net-named CT files) into ``output_folder``.
     Returns the written files per case ({'pmri': ..., 'teacher_seg': ..., 'student_seg': ...})."""
     from tqdm import tqdm
-    cases = list_cases(model, input_path)
+    cases = input_cases(model, input_path)
     output_folder = Path(output_folder)
     if output_folder.exists() and not output_folder.is_dir():
         raise UserInputError(f"{output_folder}: output exists and is not a folder")

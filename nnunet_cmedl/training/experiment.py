@@ -22,7 +22,7 @@ import nnunetv2.training.nnUNetTrainer.nnUNetTrainer as nnunet_trainer_module
 from batchgenerators.dataloading.nondet_multi_threaded_augmenter import NonDetMultiThreadedAugmenter
 
 from nnunet_cmedl.distillation.hint import unwrap
-from mri_unpaired.atomic import atomic_temp_path, replace_path
+from mri_unpaired.atomic import atomic_path
 
 CURVE_CHECKPOINT_PATTERN = "checkpoint_epoch_{:04d}.pth"
 
@@ -87,6 +87,5 @@ class ExperimentMixin:
         checkpoint = {'network_weights': unwrap(self.network).state_dict(), 'init_args': self.my_init_kwargs,
                       'trainer_name': self.__class__.__name__, 'current_epoch': self.current_epoch,
                       'inference_allowed_mirroring_axes': self.inference_allowed_mirroring_axes}
-        tmp = atomic_temp_path(filename)
-        torch.save(checkpoint, tmp)
-        replace_path(tmp, filename)
+        with atomic_path(filename) as tmp:
+            torch.save(checkpoint, tmp)

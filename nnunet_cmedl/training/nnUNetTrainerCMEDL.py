@@ -34,7 +34,7 @@ from nnunet_cmedl.i2i.networks import I2IArchitecture
 from nnunet_cmedl.training import figures
 from nnunet_cmedl.training.experiment import ExperimentMixin, worker_seeds
 from nnunet_cmedl.training.lr_schedulers import constant_then_linear_decay, set_epoch
-from mri_unpaired.atomic import atomic_temp_path, replace_path
+from mri_unpaired.atomic import atomic_path
 
 # per-iteration losses returned by train_step and logged once per epoch (key in nnU-Net's logger: 'cmedl_' + name);
 # each I2I method logs its own generator terms ('G_' + name, see I2I_METHODS[...].loss_names)
@@ -359,9 +359,8 @@ class nnUNetTrainerCMEDL(ExperimentMixin, nnUNetTrainer):
             'cmedl_rng_state': {'python': random.getstate(), 'numpy': np.random.get_state(),
                                 'torch': torch.get_rng_state()},
         }
-        tmp = atomic_temp_path(filename)  # a killed run never leaves a truncated checkpoint under the real name
-        torch.save(checkpoint, tmp)
-        replace_path(tmp, filename)
+        with atomic_path(filename) as tmp:  # a killed run never leaves a truncated checkpoint under the real name
+            torch.save(checkpoint, tmp)
 
     def load_checkpoint(self, filename_or_checkpoint) -> None:
         # overridden whole: nnU-Net 2.7-2.8.1's version fails when given a dict
