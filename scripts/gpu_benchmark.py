@@ -181,7 +181,7 @@ def bundle(jobs, a, staging: Path) -> None:
                 # a curve checkpoint whose predictions did not finish travels, to be predicted elsewhere
                 if not (benchmark_report.prediction_folder(a.workdir, r, ck.name) / benchmark_report.COMPLETE).is_file():
                     runs_tar.add(ck, str(rel / ck.name))
-        folder = benchmark_report.prediction_folder(a.workdir, r, "x").parent
+        folder = benchmark_report.run_predictions(a.workdir, r)
         for ck in sorted(folder.glob("*")) if folder.is_dir() else []:
             if (ck / benchmark_report.COMPLETE).is_file():
                 for p in sorted(ck.iterdir()):

@@ -33,8 +33,13 @@ COMPLETE = ".benchmark_prediction_complete"
 
 
 # ------------------------------------------------------------------------------------------------ predictions
+def run_predictions(workdir: Path, run) -> Path:
+    """Where a run's test predictions go: one folder per checkpoint inside."""
+    return workdir / "predictions" / f"{run.trainer}_fold{run.fold}"
+
+
 def prediction_folder(workdir: Path, run, checkpoint: str) -> Path:
-    return workdir / "predictions" / f"{run.trainer}_fold{run.fold}" / Path(checkpoint).stem
+    return run_predictions(workdir, run) / Path(checkpoint).stem
 
 
 def checkpoints(run, workdir: Path, curve_epochs=None) -> list:
@@ -46,7 +51,7 @@ def checkpoints(run, workdir: Path, curve_epochs=None) -> list:
     final = torch.load(run.folder / "checkpoint_final.pth", map_location="cpu", weights_only=False)["current_epoch"]
     prefix = CURVE_CHECKPOINT_PATTERN.split("{")[0]
     names = {p.name for p in run.folder.glob(prefix + "*.pth")}
-    names |= {p.parent.name + ".pth" for p in prediction_folder(workdir, run, "x").parent.glob(prefix + "*/" + COMPLETE)}
+    names |= {p.parent.name + ".pth" for p in run_predictions(workdir, run).glob(prefix + "*/" + COMPLETE)}
     found = sorted((int(Path(n).stem.removeprefix(prefix)), n) for n in names)
     return [(e, n) for e, n in found if e < final and (curve_epochs is None or e in curve_epochs)] \
         + [(final, "checkpoint_final.pth")]
