@@ -68,6 +68,16 @@ def atomic_temp_path(final_path) -> str:
     return tmp
 
 
+def remove_stale_temps(final_path) -> list:
+    """Remove the temporary files that ``atomic_path(final_path)`` left beside it when its process was killed
+    (SIGKILL, power loss: no cleanup ran). Only for outputs that one process owns, such as a trainer's checkpoints."""
+    final_path = Path(final_path)
+    stale = sorted(final_path.parent.glob(f".{final_path.stem}.tmp-*{''.join(final_path.suffixes)}"))
+    for path in stale:
+        path.unlink(missing_ok=True)
+    return stale
+
+
 @contextmanager
 def atomic_path(final_path):
     """Yield a temporary path beside ``final_path`` for a writer that takes a file name (torch.save, savefig, an

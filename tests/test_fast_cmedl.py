@@ -158,7 +158,7 @@ def test_merged_teacher_pass_gives_the_gradients_of_two_separate_passes(started)
     # the trainer's way: capture the gradients of its one backward instead of stepping
     captured = {}
 
-    def capture(loss, optimizers, grad_scaler, parameter_groups):
+    def capture(loss, grad_scaler, networks):
         if not captured:
             for m in gen + [teacher]:
                 m.zero_grad(set_to_none=True)

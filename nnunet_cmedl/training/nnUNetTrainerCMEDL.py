@@ -34,7 +34,7 @@ from nnunet_cmedl.i2i.networks import I2IArchitecture
 from nnunet_cmedl.training import figures
 from nnunet_cmedl.training.experiment import ExperimentMixin, worker_seeds
 from nnunet_cmedl.training.lr_schedulers import constant_then_linear_decay, set_epoch
-from mri_unpaired.atomic import atomic_path
+from mri_unpaired.atomic import atomic_path, remove_stale_temps
 
 # per-iteration losses returned by train_step and logged once per epoch (key in nnU-Net's logger: 'cmedl_' + name);
 # each I2I method logs its own generator terms ('G_' + name, see I2I_METHODS[...].loss_names)
@@ -42,6 +42,12 @@ TRAIN_LOSS_NAMES = ("G_adversarial", "G_cycle", "G_identity", "G_nce", "G_nce_id
                     "student_seg", "hint")
 SEGMENTATION_LOSS_NAMES = TRAIN_LOSS_NAMES[-4:]
 VAL_LOG_NAMES = ("teacher_val_loss", "teacher_pseudo_dice_pmri")
+# networks with an optimizer; 'cmedl_nonfinite_skips_' + name logs how many of an epoch's steps each skipped
+NETWORKS = ("generators", "teacher", "student", "discriminators")
+
+
+class TrainingStopped(SystemExit):
+    """Training cannot go on (the message says why): the stock CLI prints the message, no traceback, exit code 1."""
 
 
 class nnUNetTrainerCMEDL(ExperimentMixin, nnUNetTrainer):
@@ -91,6 +97,10 @@ class nnUNetTrainerCMEDL(ExperimentMixin, nnUNetTrainer):
         self.generator_strided_stem = False      # True: the generators work one resolution stage lower (networks.py)
         self.mri_num_channels = 1                # one T2w MRI channel
         self.grad_clip_norm = 12.0               # nnU-Net's gradient clipping, applied to every network
+        # a network whose loss or gradient is not finite skips that iteration's step (the others go on); this many
+        # in a row stop training (AMP's grad scaler skips a few steps while it finds its scale: 50 halvings take it
+        # from 2^16 to 2^-34)
+        self.max_consecutive_nonfinite = 50
         self.save_snapshot_every = 10            # epochs between PNGs of CT / pMRI / MRI / label
 
         self.teacher = self.i2i = self.teacher_on_pseudo_mri = None
@@ -102,6 +112,7 @@ class nnUNetTrainerCMEDL(ExperimentMixin, nnUNetTrainer):
         # their own
         self.grad_scaler_discriminators = GradScaler("cuda") if self.device.type == 'cuda' else None
         self.dataloader_mri = None
+        self._nonfinite_skips, self._nonfinite_streak = {}, {}  # per network: this epoch's skips, the current run
         self._snapshot_due, self._snapshot = False, None
 
     # ------------------------------------------------------------------ building
@@ -179,15 +190,19 @@ class nnUNetTrainerCMEDL(ExperimentMixin, nnUNetTrainer):
             loss_student = self.loss(output_student, target)
             loss_hint = hint_loss(student_features, teacher_features, detach_teacher=self.hint_detach_teacher,
                                   normalisation=self.hint_normalisation)
-            loss = i2i.loss + loss_teacher + loss_student + self.hint_weight(self.current_epoch) * loss_hint
-        self._optimize(loss, [self.optimizer_generators, self.optimizer_teacher, self.optimizer], self.grad_scaler,
-                       [self.i2i.generator_parameters(), self.teacher.parameters(), self.network.parameters()])
+            weight_hint = self.hint_weight(self.current_epoch)
+            loss = i2i.loss + loss_teacher + loss_student + weight_hint * loss_hint
+        self._optimize(loss, self.grad_scaler, {
+            'generators': (self.optimizer_generators, self.i2i.generator_parameters(), [i2i.loss, loss_teacher]),
+            'teacher': (self.optimizer_teacher, self.teacher.parameters(), [loss_teacher]),
+            'student': (self.optimizer, self.network.parameters(), [loss_student] + ([loss_hint] if weight_hint else []))})
 
         # 5. discriminators: real vs. fake (CycleGAN: pooled fakes)
         with self._autocast():
             loss_discriminators = self.i2i.discriminator_loss(ct, mri, i2i.fakes)
-        self._optimize(loss_discriminators, [self.optimizer_discriminators], self.grad_scaler_discriminators,
-                       [self.i2i.discriminator_parameters()])
+        self._optimize(loss_discriminators, self.grad_scaler_discriminators, {
+            'discriminators': (self.optimizer_discriminators, self.i2i.discriminator_parameters(),
+                               [loss_discriminators])})
 
         if self._snapshot_due:
             self._snapshot = figures.snapshot_arrays(ct, i2i.pseudo_mri, mri, target)
@@ -198,23 +213,46 @@ class nnUNetTrainerCMEDL(ExperimentMixin, nnUNetTrainer):
         values = torch.stack([v.detach().float() for v in logged.values()]).cpu().numpy()  # one device sync
         return dict(zip(logged, values))
 
-    def _optimize(self, loss, optimizers, grad_scaler, parameter_groups) -> None:
+    def _optimize(self, loss, grad_scaler, networks: dict) -> None:
         """Backward, nnU-Net's gradient clipping per network, step; with AMP's grad scaler on CUDA (one scaler may
-        serve several optimizers: each skips its step on non-finite gradients of its own)."""
-        for o in optimizers:
-            o.zero_grad(set_to_none=True)
+        serve several optimizers). ``networks``: name -> (optimizer, parameters, the loss terms that train it). A
+        network whose loss terms or gradient are not finite skips its step, the others go on (one device sync for
+        all of them); see ``max_consecutive_nonfinite``."""
+        for optimizer, _, _ in networks.values():
+            optimizer.zero_grad(set_to_none=True)
         if grad_scaler is None:
             loss.backward()
         else:
             grad_scaler.scale(loss).backward()
-            for o in optimizers:
-                grad_scaler.unscale_(o)
-        for params in parameter_groups:
-            torch.nn.utils.clip_grad_norm_(list(params), self.grad_clip_norm)
-        for o in optimizers:
-            (o.step() if grad_scaler is None else grad_scaler.step(o))
+            for optimizer, _, _ in networks.values():
+                grad_scaler.unscale_(optimizer)
+        checks = []
+        for _, parameters, terms in networks.values():
+            norm = torch.nn.utils.clip_grad_norm_(list(parameters), self.grad_clip_norm)
+            checks.append(torch.stack([norm.to(self.device)] + [t.detach().float() for t in terms]).sum())
+        finite = torch.isfinite(torch.stack(checks)).tolist()
+        for (name, (optimizer, _, _)), ok in zip(networks.items(), finite):
+            if ok:
+                optimizer.step() if grad_scaler is None else grad_scaler.step(optimizer)
+            self._count_nonfinite(name, ok)
         if grad_scaler is not None:
             grad_scaler.update()
+
+    def _count_nonfinite(self, network: str, finite: bool) -> None:
+        streak = self._nonfinite_streak
+        streak[network] = 0 if finite else streak.get(network, 0) + 1
+        if finite:
+            return
+        self._nonfinite_skips[network] = self._nonfinite_skips.get(network, 0) + 1
+        if streak[network] >= self.max_consecutive_nonfinite:
+            message = (f"{self.__class__.__name__}: {network}: loss or gradient not finite in {streak[network]} "
+                       f"iterations in a row (max_consecutive_nonfinite), epoch "
+                       f"{self.current_epoch}; training stopped. The last good checkpoint is "
+                       f"{join(self.output_folder, 'checkpoint_latest.pth')} (resume with --c, e.g. with a lower "
+                       f"learning rate)")
+            self.print_to_log_file(message)
+            self._finish_mri_loader()
+            raise TrainingStopped(message)
 
     def _autocast(self):
         # like nnU-Net: autocast on CUDA only (slow on CPU, unsupported on mps)
@@ -242,12 +280,16 @@ class nnUNetTrainerCMEDL(ExperimentMixin, nnUNetTrainer):
 
     def on_train_end(self):
         super().on_train_end()
+        self._finish_mri_loader()
+
+    def _finish_mri_loader(self):
         finish = getattr(self.dataloader_mri, '_finish', None)
         if finish is not None:
             finish()
 
     def on_train_epoch_start(self):
         super().on_train_epoch_start()  # student: train mode, PolyLR step
+        self._nonfinite_skips = {}
         self.teacher.train()
         self.i2i.train()
         self.lr_scheduler_teacher.step(self.current_epoch)  # nnU-Net's PolyLR, like the student's
@@ -279,6 +321,11 @@ class nnUNetTrainerCMEDL(ExperimentMixin, nnUNetTrainer):
         collated = collate_outputs(train_outputs)
         for name in self.train_loss_names():
             self.logger.log('cmedl_' + name, float(np.mean(collated[name])), self.current_epoch)
+        for name in NETWORKS:
+            self.logger.log('cmedl_nonfinite_skips_' + name, self._nonfinite_skips.get(name, 0), self.current_epoch)
+        if self._nonfinite_skips:
+            self.print_to_log_file("steps skipped for a non-finite loss or gradient: " + ", ".join(
+                f"{name} {n}" for name, n in self._nonfinite_skips.items()))
 
     def on_validation_epoch_start(self):
         super().on_validation_epoch_start()
@@ -320,7 +367,7 @@ class nnUNetTrainerCMEDL(ExperimentMixin, nnUNetTrainer):
         shortest list: register ours, and pad lists missing from older checkpoints with NaN."""
         logs = self.logger.local_logger.my_fantastic_logging
         epochs = len(logs.get('train_losses', []))
-        for name in self.train_loss_names() + VAL_LOG_NAMES:
+        for name in self.train_loss_names() + VAL_LOG_NAMES + tuple('nonfinite_skips_' + n for n in NETWORKS):
             logs.setdefault('cmedl_' + name, [float('nan')] * epochs)
 
     def train_loss_names(self) -> tuple:
@@ -359,6 +406,7 @@ class nnUNetTrainerCMEDL(ExperimentMixin, nnUNetTrainer):
             'cmedl_rng_state': {'python': random.getstate(), 'numpy': np.random.get_state(),
                                 'torch': torch.get_rng_state()},
         }
+        remove_stale_temps(filename)  # what a killed save left
         with atomic_path(filename) as tmp:  # a killed run never leaves a truncated checkpoint under the real name
             torch.save(checkpoint, tmp)
 
