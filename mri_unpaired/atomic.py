@@ -2,6 +2,7 @@
 
 A crash or Ctrl-C therefore never leaves a half-written output under the final name, and an existing output is
 never replaced unless the caller asked for it (``overwrite=True``)."""
+import json
 import os
 import shutil
 import tempfile
@@ -14,6 +15,39 @@ from mri_unpaired.errors import UserInputError
 def refuse_existing(path, overwrite: bool, what: str = "output") -> None:
     if os.path.exists(path) and not overwrite:
         raise UserInputError(f"{path}: {what} exists already; pass --overwrite to replace it")
+
+
+MANIFEST_NAME = ".nnunet_cmedl_manifest.json"
+
+
+def write_manifest(folder, tool: str) -> None:
+    """List every file under ``folder`` as written by ``tool``: proof for a later ``--overwrite`` that the folder is
+    that tool's output and nobody added to it (``refuse_foreign``)."""
+    folder = Path(folder)
+    files = sorted(str(p.relative_to(folder)) for p in folder.rglob("*") if p.is_file() and p.name != MANIFEST_NAME)
+    (folder / MANIFEST_NAME).write_text(json.dumps({"tool": tool, "files": files}, indent=1) + "\n")
+
+
+def refuse_foreign(folder, tool: str, what: str = "output folder") -> None:
+    """An existing ``folder`` may be replaced only if ``tool`` wrote it (its manifest) and it holds nothing else."""
+    folder = Path(folder)
+    if not folder.exists():
+        return
+    manifest = folder / MANIFEST_NAME
+    keep = "--overwrite replaces only what it wrote itself; nothing was changed: choose another folder or remove it"
+    try:
+        listed = json.loads(manifest.read_text())
+        if listed.get("tool") != tool:
+            raise ValueError
+        listed = set(listed["files"])
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        raise UserInputError(f"{folder}: this {what} was not written by {tool} (no valid {MANIFEST_NAME}); "
+                             f"{keep}") from None
+    others = sorted(str(p.relative_to(folder)) for p in folder.rglob("*")
+                    if p.is_file() and p.name != MANIFEST_NAME and str(p.relative_to(folder)) not in listed)
+    if others:
+        more = f" and {len(others) - 1} more" if len(others) > 1 else ""
+        raise UserInputError(f"{folder}: this {what} holds {others[0]}{more}, not written by {tool}; {keep}")
 
 
 @contextmanager

@@ -16,6 +16,29 @@ from mri_unpaired.atomic import atomic_file
 from mri_unpaired.nnunet_env import find_dataset_name, require_env
 
 FEATURE_MAP_MIN_EDGE_LENGTH = 4  # nnU-Net's ExperimentPlanner.UNet_featuremap_min_edge_length
+MARKER = "nnunet_cmedl_added_by"  # in each configuration this tool adds: --overwrite replaces only those
+TOOL = "nnunet_cmedl add-small-config"
+
+
+def check_sizes(plans: dict, parent: str, patch_size, batch_size: int, max_features: int, where: str) -> None:
+    """Sizes a network can use: at least two resolution stages, no patch axis beyond the parent's images (or its
+    own patch, which nnU-Net's planner may round up past them), a batch and feature maps of at least 1."""
+    from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
+    cm = PlansManager(plans).get_configuration(parent)
+    smallest = 2 * FEATURE_MAP_MIN_EDGE_LENGTH
+    largest = [max(int(m), int(p)) for m, p in zip(cm.median_image_size_in_voxels, cm.patch_size)]
+    if len(patch_size) != len(largest):
+        raise UserInputError(f"{where}: --patch-size {list(patch_size)}: configuration {parent} is "
+                             f"{len(largest)}d, give {len(largest)} numbers")
+    for axis, (size, limit) in enumerate(zip(patch_size, largest)):
+        if not smallest <= size <= limit:
+            raise UserInputError(f"{where}: --patch-size {list(patch_size)}: axis {axis} must be between {smallest} "
+                                 f"(two resolution stages) and {limit} (configuration {parent}'s images: median "
+                                 f"{[int(m) for m in cm.median_image_size_in_voxels]}, patch {list(cm.patch_size)})")
+    if batch_size < 1:
+        raise UserInputError(f"{where}: --batch-size {batch_size}: must be at least 1")
+    if max_features < 1:
+        raise UserInputError(f"{where}: --max-features {max_features}: must be at least 1")
 
 
 def small_configuration(plans: dict, parent: str, patch_size, batch_size: int, max_features: int) -> dict:
@@ -24,9 +47,6 @@ def small_configuration(plans: dict, parent: str, patch_size, batch_size: int, m
 
     parent_cm = PlansManager(plans).get_configuration(parent)
     spacing = parent_cm.spacing
-    if len(patch_size) != len(spacing):
-        raise UserInputError(f"--patch-size {list(patch_size)}: configuration {parent} is {len(spacing)}d, "
-                             f"give {len(spacing)} numbers")
     _, pool_kernels, conv_kernels, fitted_patch, _ = get_pool_and_conv_props(
         spacing, list(patch_size), FEATURE_MAP_MIN_EDGE_LENGTH, 999999)
     n_stages = len(pool_kernels)
@@ -48,7 +68,7 @@ def small_configuration(plans: dict, parent: str, patch_size, batch_size: int, m
                   strides=[list(s) for s in pool_kernels],
                   features_per_stage=[min(base * 2 ** i, max_features) for i in range(n_stages)])
     return {"inherits_from": parent, "patch_size": [int(p) for p in fitted_patch], "batch_size": int(batch_size),
-            "architecture": arch}
+            "architecture": arch, MARKER: TOOL}
 
 
 def add_small_configuration(plans_file: str, name: str, parent: str, patch_size, batch_size: int,
@@ -62,10 +82,26 @@ def add_small_configuration(plans_file: str, name: str, parent: str, patch_size,
         raise UserInputError(f"{plans_file}: no configuration {parent!r} (available: {', '.join(configurations)})")
     if name in configurations and not overwrite:
         raise UserInputError(f"{plans_file}: configuration {name!r} exists already; pass --overwrite to replace it")
+    if name in configurations and configurations[name].get(MARKER) != TOOL:
+        raise UserInputError(f"{plans_file}: configuration {name!r} was planned by nnU-Net (or written by hand), not "
+                             f"added by {TOOL}; --overwrite replaces only configurations it added: choose another "
+                             f"--name")
+    if parent == name or name in inheritance_chain(configurations, parent):
+        raise UserInputError(f"{plans_file}: configuration {name!r} cannot inherit from {parent!r}, which is or "
+                             f"inherits from {name!r}; choose another --name or --parent")
+    check_sizes(plans, parent, patch_size, batch_size, max_features, plans_file)
     configurations[name] = small_configuration(plans, parent, patch_size, batch_size, max_features)
     with atomic_file(plans_file, overwrite=True) as f:
         json.dump(plans, f, indent=4, sort_keys=False)
     return configurations[name]
+
+
+def inheritance_chain(configurations: dict, name: str) -> list:
+    """``name`` and the configurations it inherits from, nearest first."""
+    chain = [name]
+    while "inherits_from" in configurations.get(chain[-1], {}) and len(chain) <= len(configurations):
+        chain.append(configurations[chain[-1]]["inherits_from"])
+    return chain
 
 
 def main(argv=None) -> int:

@@ -33,6 +33,16 @@ def test_small_configuration_follows_nnunet_topology_and_inherits(planned_datase
     (["--parent", "3d_lowres_missing", "--name", "x"], "no configuration '3d_lowres_missing'"),
     (["--parent", "3d_fullres", "--name", SMALL_3D], "exists already"),
     (["--parent", "2d", "--name", "y", "--patch-size", "8", "32", "32"], "give 2 numbers"),
+    # never replace what nnU-Net planned, never a configuration that inherits from itself
+    (["--parent", "3d_fullres", "--name", "2d", "--overwrite"], "planned by nnU-Net"),
+    (["--parent", "2d", "--name", "2d", "--overwrite", "--patch-size", "16", "16"], "planned by nnU-Net"),
+    (["--parent", SMALL_3D, "--name", SMALL_3D, "--overwrite"], "cannot inherit from"),
+    # absurd sizes: zero, negative, beyond the images (16 x 48 x 64 voxels), no batch
+    (["--parent", "3d_fullres", "--name", "z", "--patch-size", "0", "32", "32"], "axis 0 must be between 8"),
+    (["--parent", "3d_fullres", "--name", "z", "--patch-size", "8", "-32", "32"], "axis 1 must be between 8"),
+    (["--parent", "3d_fullres", "--name", "z", "--patch-size", "8", "32", "4096"], "axis 2 must be between 8"),
+    (["--parent", "3d_fullres", "--name", "z", "--batch-size", "0"], "--batch-size 0"),
+    (["--parent", "3d_fullres", "--name", "z", "--max-features", "-1"], "--max-features -1"),
 ])
 def test_small_configuration_bad_input_changes_nothing(planned_dataset, args, message):
     plans_file = planned_dataset["root"] / "nnUNet_preprocessed" / planned_dataset["dataset_name"] / "nnUNetPlans.json"
@@ -43,6 +53,23 @@ def test_small_configuration_bad_input_changes_nothing(planned_dataset, args, me
                        capture_output=True, text=True)
     assert r.returncode == 2 and message in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr
     assert plans_file.read_bytes() == before
+
+
+def test_small_configuration_overwrites_what_it_added(planned_dataset):
+    plans_file = planned_dataset["root"] / "nnUNet_preprocessed" / planned_dataset["dataset_name"] / "nnUNetPlans.json"
+    args = ["add-small-config", "-d", planned_dataset["dataset_id"], "--parent", "3d_fullres", "--name", "3d_extra",
+            "--patch-size", "8", "32", "32"]
+    before = json.loads(plans_file.read_text())
+    try:
+        for extra in ([], ["--overwrite", "--batch-size", "3"]):
+            r = subprocess.run([str(a) for a in cli(*args, *extra)], env=planned_dataset["env"], capture_output=True,
+                               text=True)
+            assert r.returncode == 0, r.stderr
+        after = json.loads(plans_file.read_text())
+        assert after["configurations"]["3d_extra"]["batch_size"] == 3
+        assert {k: v for k, v in after["configurations"].items() if k != "3d_extra"} == before["configurations"]
+    finally:
+        plans_file.write_text(json.dumps(before, indent=4))
 
 
 # ---------------------------------------------------------------- per-tumour evaluation

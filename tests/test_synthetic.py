@@ -9,6 +9,7 @@ import pytest
 import SimpleITK as sitk
 from scipy import ndimage
 
+from mri_unpaired.atomic import MANIFEST_NAME
 from nnunet_cmedl.errors import UserInputError
 from nnunet_cmedl.synthetic import phantom
 from nnunet_cmedl.synthetic.dataset import SyntheticDatasetPaths, make_synthetic_dataset
@@ -197,9 +198,23 @@ def test_overwrite_and_external_mri_folder(tmp_path):
     with pytest.raises(UserInputError, match="exists already"):
         small_dataset(tmp_path / "raw2", num_train=2, num_test=0, num_mri=1, mri_folder=mri_out)
     assert not (tmp_path / "raw2" / "Dataset501_CMEDLThorax").exists()
-    (paths.dataset_folder / "user_note.txt").write_text("mine")
+    # --overwrite replaces what make-synthetic wrote, as long as nobody added anything
     small_dataset(tmp_path / "raw", num_train=2, num_test=0, num_mri=1, mri_folder=mri_out, overwrite=True)
-    assert not (paths.dataset_folder / "user_note.txt").exists()
+    assert (mri_out / "mri_000.nii.gz").is_file() and (mri_out / MANIFEST_NAME).is_file()
+    # ... and never a file of the user's, nor a folder it did not write: refused before any work, nothing changed
+    for folder in (paths.dataset_folder, mri_out):
+        (folder / "user_note.txt").write_text("mine")
+        before = {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()}
+        with pytest.raises(UserInputError, match="user_note.txt, not written by nnunet_cmedl make-synthetic"):
+            small_dataset(tmp_path / "raw", num_train=2, num_test=0, num_mri=1, mri_folder=mri_out, overwrite=True)
+        assert {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()} == before
+        (folder / "user_note.txt").unlink()
+    users = tmp_path / "users_folder"
+    users.mkdir()
+    (users / "scan.nii.gz").write_bytes(b"precious")
+    with pytest.raises(UserInputError, match="not written by nnunet_cmedl make-synthetic"):
+        small_dataset(tmp_path / "raw", num_train=2, num_test=0, num_mri=1, mri_folder=users, overwrite=True)
+    assert (users / "scan.nii.gz").read_bytes() == b"precious" and len(list(users.iterdir())) == 1
 
 
 def test_bad_settings_are_one_line_errors(tmp_path):

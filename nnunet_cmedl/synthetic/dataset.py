@@ -24,13 +24,14 @@ import numpy as np
 
 from nnunet_cmedl.errors import UserInputError
 from nnunet_cmedl.synthetic import phantom
-from mri_unpaired.atomic import atomic_directory, refuse_existing
+from mri_unpaired.atomic import atomic_directory, refuse_existing, refuse_foreign, write_manifest
 
 CT_CHANNEL_NAMES = {0: "CT"}
 LABELS = {"background": 0, "tumour": 1}
 FILE_ENDING = ".nii.gz"
 MRI_LABELS_FOR_INSPECTION = "unpairedMRI_labels_for_inspection"
 METADATA_NAME = "phantom_metadata.json"
+TOOL = "nnunet_cmedl make-synthetic"  # in the manifests that let --overwrite replace only what it wrote
 PREVIEW_NAME = "preview.png"
 _RESERVED_NAMES = {"imagesTr", "labelsTr", "imagesTs", "labelsTs", "dataset.json", MRI_LABELS_FOR_INSPECTION,
                    METADATA_NAME, PREVIEW_NAME}
@@ -235,8 +236,10 @@ def make_synthetic_dataset(raw_root, dataset_id: int = 501, dataset_name: str = 
     mri_inside = mri_final.is_relative_to(dataset_folder)
     # Refuse before the work, not after it: both outputs are checked up front.
     refuse_existing(dataset_folder, overwrite, "dataset folder")
+    refuse_foreign(dataset_folder, TOOL, "dataset folder")
     if not mri_inside:
         refuse_existing(mri_final, overwrite, "MRI folder")
+        refuse_foreign(mri_final, TOOL, "MRI folder")
     _refuse_clashing_dataset_id(raw_root, int(dataset_id), dataset_folder)
 
     case_ids = [ct_case_id(i) for i in range(num_train + num_test)]
@@ -326,6 +329,9 @@ def make_synthetic_dataset(raw_root, dataset_id: int = 501, dataset_name: str = 
             license="CC0 (synthetic phantom)", converted_by="nnunet_cmedl make-synthetic")
         if preview:
             write_preview(build / PREVIEW_NAME, preview_ct, preview_mri)
+        write_manifest(build, TOOL)
+        if not mri_inside:
+            write_manifest(mri_build, TOOL)
 
     return SyntheticDatasetPaths(dataset_folder=dataset_folder, mri_folder=mri_final,
                                  preview_png=dataset_folder / PREVIEW_NAME if preview else None,
