@@ -110,12 +110,12 @@ def plan_runs(methods, seeds, reference_seeds, budget: str, data, steps) -> list
 def finished(run: Run) -> bool:
     """A finished run of the same trainer class (the class fixes method, budget and seed), plans and configuration;
     anything else is not reused."""
-    import torch
+    from nnunet_cmedl.checkpoint_io import load_checkpoint
     path = run.folder / "checkpoint_final.pth"
     if not path.is_file():
         return False
     from nnunet_cmedl.training.benchmark_trainers import BUDGETS
-    checkpoint = torch.load(path, map_location="cpu", weights_only=False)
+    checkpoint = load_checkpoint(path)
     kwargs = checkpoint.get("init_args", {})
     if checkpoint.get("trainer_name") != run.trainer or kwargs.get("fold") != run.fold:
         raise UserInputError(f"{path}: written by {checkpoint.get('trainer_name')} fold {kwargs.get('fold')}, "

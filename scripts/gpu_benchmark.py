@@ -124,7 +124,8 @@ class Job(threading.Thread):
 
 def strip_checkpoint(src: Path, dst: Path, keep_weights: bool) -> None:
     import torch
-    checkpoint = torch.load(src, map_location="cpu", weights_only=False)
+    from nnunet_cmedl.checkpoint_io import load_checkpoint
+    checkpoint = load_checkpoint(src)
     light = {k: checkpoint[k] for k in STRIPPED_KEYS if k in checkpoint}
     if keep_weights:
         light["network_weights"] = checkpoint["network_weights"]

@@ -259,6 +259,35 @@ def test_bad_inputs(tmp_path, genuine_jsons):
         write_report(model, out)
 
 
+class Payload:
+    """Stands for any Python object in a pickle: loading it runs its __reduce__, i.e. code of the file's choosing."""
+
+    def __reduce__(self):
+        return (Path.touch, (Path(self.target),))
+
+
+def test_checkpoints_load_without_running_code_unless_trusted(tmp_path):
+    model = make_model_folder(tmp_path, extras=False)
+    out, ran = tmp_path / "r.html", tmp_path / "the_checkpoint_ran_code"
+    ckpt_file = model / "fold_0" / "checkpoint_final.pth"
+    # numpy numbers and arrays (nnU-Net logs numpy floats; CMEDL saves numpy's random state) are plain data
+    ckpt = torch.load(ckpt_file, weights_only=False)
+    ckpt["logging"]["train_losses"] = [np.float32(x) for x in ckpt["logging"]["train_losses"]]
+    ckpt["cmedl_rng_state"] = {"numpy": np.random.get_state()}
+    torch.save(ckpt, ckpt_file)
+    write_report(model, out)
+    payload = Payload()
+    payload.target = str(ran)
+    ckpt["extra"] = payload
+    torch.save(ckpt, ckpt_file)
+    r = cli("report", "-m", model, "-o", tmp_path / "refused.html")
+    assert r.returncode == 2 and r.stderr.count("\n") == 1, r.stderr
+    assert str(ckpt_file) in r.stderr and "--trust-checkpoint" in r.stderr and "getattr" in r.stderr
+    assert not ran.exists() and not (tmp_path / "refused.html").exists()
+    write_report(model, out, overwrite=True, trust_checkpoint=True)  # the user's explicit choice
+    assert ran.exists()
+
+
 def test_refuses_existing_output(tmp_path):
     model = make_model_folder(tmp_path, extras=False)
     out = tmp_path / "r.html"

@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from nnunet_cmedl import plotting
+from nnunet_cmedl.checkpoint_io import load_checkpoint
 from nnunet_cmedl.env import trainers_visible_to_nnunet
 from nnunet_cmedl.evaluation import per_tumour
 from nnunet_cmedl.evaluation.statistics import paired_wilcoxon, welch_t_test
@@ -46,9 +47,8 @@ def checkpoints(run, workdir: Path, curve_epochs=None) -> list:
     """(epoch, checkpoint file name) of a finished run: the intermediate curve checkpoints (those of
     ``curve_epochs`` if given), then the final one. A checkpoint counts if its file is in the run's folder or its
     test predictions are complete in ``workdir`` (a run trained and predicted elsewhere: scripts/gpu_benchmark.py)."""
-    import torch
     from nnunet_cmedl.training.experiment import CURVE_CHECKPOINT_PATTERN
-    final = torch.load(run.folder / "checkpoint_final.pth", map_location="cpu", weights_only=False)["current_epoch"]
+    final = load_checkpoint(run.folder / "checkpoint_final.pth")["current_epoch"]
     prefix = CURVE_CHECKPOINT_PATTERN.split("{")[0]
     names = {p.name for p in run.folder.glob(prefix + "*.pth")}
     names |= {p.parent.name + ".pth" for p in run_predictions(workdir, run).glob(prefix + "*/" + COMPLETE)}
@@ -154,8 +154,7 @@ def curve_points(results: dict, method: str) -> dict:
 
 # ------------------------------------------------------------------------------------------------ evaluation
 def _training_log(run) -> dict:
-    import torch
-    checkpoint = torch.load(run.folder / "checkpoint_final.pth", map_location="cpu", weights_only=False)
+    checkpoint = load_checkpoint(run.folder / "checkpoint_final.pth")
     return checkpoint["logging"]
 
 

@@ -26,7 +26,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple, Union
 
-from nnunet_cmedl.errors import UserInputError, first_line
+from nnunet_cmedl.checkpoint_io import TRUST_FLAG, load_checkpoint
+from nnunet_cmedl.errors import UserInputError
 from mri_unpaired.atomic import atomic_file, refuse_existing
 
 CHECKPOINT_NAMES = ("checkpoint_final.pth", "checkpoint_latest.pth", "checkpoint_best.pth")
@@ -205,13 +206,9 @@ def find_checkpoint(fold_folder: Path) -> Tuple[Path, str]:
     raise UserInputError(f"{fold_folder}: no checkpoint in this fold folder (looked for {', '.join(CHECKPOINT_NAMES)})")
 
 
-def load_checkpoint_info(path: Path) -> dict:
-    """The keys of an nnU-Net checkpoint that the report needs (torch.load on the CPU)."""
-    import torch
-    try:
-        ckpt = torch.load(str(path), map_location="cpu", weights_only=False)
-    except Exception as e:  # torch raises many kinds (pickle, zip, EOF, runtime)
-        raise UserInputError(f"{path}: cannot load the checkpoint ({type(e).__name__}: {first_line(e)})") from None
+def load_checkpoint_info(path: Path, trust: bool = False) -> dict:
+    """The keys of an nnU-Net checkpoint that the report needs (loaded on the CPU, see checkpoint_io)."""
+    ckpt = load_checkpoint(path, trust=trust)
     if not isinstance(ckpt, dict) or not isinstance(ckpt.get("logging"), dict):
         raise UserInputError(f"{path}: not an nnU-Net v2 training checkpoint (no 'logging' dict)")
     info = {k: ckpt.get(k) for k in ("logging", "trainer_name", "init_args", "current_epoch", "cmedl_i2i_kwargs")}
@@ -365,7 +362,7 @@ def _latest_snapshot(fold_folder: Path) -> Tuple[Optional[Path], int]:
     return max(pngs, key=key), len(pngs)
 
 
-def load_model(model_folder, fold=0) -> dict:
+def load_model(model_folder, fold=0, trust_checkpoint: bool = False) -> dict:
     """Everything the report shows about the model folder and one of its folds."""
     model_folder = Path(model_folder)
     if not model_folder.is_dir():
@@ -376,7 +373,7 @@ def load_model(model_folder, fold=0) -> dict:
         raise UserInputError(f"{fold_folder}: fold folder does not exist (folds found: "
                              f"{', '.join(found) if found else 'none'})")
     ckpt_path, ckpt_note = find_checkpoint(fold_folder)
-    ckpt = load_checkpoint_info(ckpt_path)
+    ckpt = load_checkpoint_info(ckpt_path, trust_checkpoint)
     plans = _read_optional_json(model_folder / "plans.json", "plans.json")
     if plans is not None and not isinstance(plans, dict):
         raise UserInputError(f"{model_folder / 'plans.json'}: not an nnU-Net plans file (not a JSON object)")
@@ -808,12 +805,13 @@ PathLike = Union[str, os.PathLike]
 
 def write_report(model_folder: PathLike, output_html: PathLike, fold=0, metrics: Sequence[PathLike] = (),
                  comparison: Optional[PathLike] = None, panels: Optional[PathLike] = None,
-                 title: Optional[str] = None, overwrite: bool = False) -> Path:
+                 title: Optional[str] = None, overwrite: bool = False, trust_checkpoint: bool = False) -> Path:
     """Write the HTML report of ``model_folder``/fold_``fold`` to ``output_html`` (atomically) and return its path.
 
     metrics: evaluation JSONs of ``nnunet_cmedl evaluate``; comparison: a JSON of ``nnunet_cmedl compare``;
     panels: a folder of PNGs (captions from its index.json). Missing optional inputs give a 'not provided' section;
-    bad inputs raise UserInputError naming the file. An existing output is refused unless ``overwrite``.
+    bad inputs raise UserInputError naming the file. An existing output is refused unless ``overwrite``; a checkpoint
+    that holds arbitrary Python objects unless ``trust_checkpoint`` (checkpoint_io).
     """
     output_html = Path(output_html)
     if output_html.is_dir():
@@ -821,7 +819,7 @@ def write_report(model_folder: PathLike, output_html: PathLike, fold=0, metrics:
     refuse_existing(output_html, overwrite)
     if isinstance(metrics, (str, os.PathLike)):
         metrics = [metrics]
-    model = load_model(model_folder, fold)
+    model = load_model(model_folder, fold, trust_checkpoint)
     metric_results = [(Path(p).resolve(), load_metrics_json(p)) for p in metrics]
     cmp = (Path(comparison).resolve(), load_comparison_json(comparison)) if comparison is not None else None
     pan = load_panels(panels) if panels is not None else None
@@ -857,13 +855,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--title", default=None, help="page title (default: trainer, dataset, configuration, fold)")
     p.add_argument("-o", "--output", required=True, metavar="REPORT.html", help="HTML file to write")
     p.add_argument("--overwrite", action="store_true", help="replace an existing output file")
+    p.add_argument(TRUST_FLAG, action="store_true",
+                   help="also load a checkpoint that holds Python objects other than tensors, numbers and text "
+                        "(unpickling them may run code): only for files from a source you trust")
     return p
 
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     out = write_report(args.model_folder, args.output, fold=args.fold, metrics=args.metrics,
-                       comparison=args.comparison, panels=args.panels, title=args.title, overwrite=args.overwrite)
+                       comparison=args.comparison, panels=args.panels, title=args.title, overwrite=args.overwrite,
+                       trust_checkpoint=args.trust_checkpoint)
     print(f"wrote {out}")
     return 0
 

@@ -16,6 +16,7 @@ from typing import Optional, Tuple, Union
 import torch
 from torch import nn
 
+from nnunet_cmedl.checkpoint_io import TRUST_FLAG, load_checkpoint
 from nnunet_cmedl.env import resolve_device
 from nnunet_cmedl.errors import UserInputError, first_line
 
@@ -99,8 +100,9 @@ def _load_weights(network: nn.Module, state_dict: dict, what: str, checkpoint_fi
 
 
 def load_cmedl_model(model_folder, fold: Union[int, str] = 0, checkpoint_name: str = "checkpoint_final.pth",
-                     device: Union[str, torch.device] = "cpu") -> CMEDLModel:
-    """Load generator, teacher and student of a CMEDL model from ``{trainer}__{plans}__{configuration}``."""
+                     device: Union[str, torch.device] = "cpu", trust_checkpoint: bool = False) -> CMEDLModel:
+    """Load generator, teacher and student of a CMEDL model from ``{trainer}__{plans}__{configuration}``
+    (``trust_checkpoint``: also a checkpoint that holds arbitrary Python objects, see checkpoint_io)."""
     from batchgenerators.utilities.file_and_folder_operations import load_json
     from nnunetv2.utilities.label_handling.label_handling import determine_num_input_channels
     from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
@@ -124,11 +126,7 @@ def load_cmedl_model(model_folder, fold: Union[int, str] = 0, checkpoint_name: s
         available = sorted(p.name for p in model_folder.glob("fold_*/*.pth"))
         raise UserInputError(f"{checkpoint_file}: checkpoint not found"
                              + (f" (checkpoints there: {', '.join(sorted(set(available)))})" if available else ""))
-    try:
-        checkpoint = torch.load(checkpoint_file, map_location="cpu", weights_only=False)
-    except Exception as e:  # truncated / not a torch file
-        raise UserInputError(f"{checkpoint_file}: cannot read the checkpoint ({type(e).__name__}: "
-                             f"{first_line(e)})") from None
+    checkpoint = load_checkpoint(checkpoint_file, trust=trust_checkpoint)
     if not isinstance(checkpoint, dict) or "network_weights" not in checkpoint:
         raise UserInputError(f"{checkpoint_file}: not an nnU-Net checkpoint (no network_weights)")
     trainer_name = checkpoint.get("trainer_name", "an unknown trainer")
@@ -191,6 +189,9 @@ def add_model_arguments(parser) -> None:
     parser.add_argument("--step-size", type=float, default=0.5,
                         help="sliding-window step as a fraction of the patch size (nnU-Net's default 0.5)")
     parser.add_argument("--device", default="cpu", choices=("cpu", "cuda"), help="default cpu")
+    parser.add_argument(TRUST_FLAG, action="store_true",
+                        help="also load a checkpoint that holds Python objects other than tensors, numbers and text "
+                             "(unpickling them may run code): only for files from a source you trust")
 
 
 def model_from_arguments(args) -> "CMEDLModel":
@@ -198,4 +199,4 @@ def model_from_arguments(args) -> "CMEDLModel":
         raise UserInputError(f"--step-size {args.step_size}: must be in (0, 1]")
     if args.fold != "all" and not args.fold.isdigit():
         raise UserInputError(f"-f {args.fold}: a fold number or 'all'")
-    return load_cmedl_model(args.model, args.fold, args.checkpoint, args.device)
+    return load_cmedl_model(args.model, args.fold, args.checkpoint, args.device, args.trust_checkpoint)

@@ -27,6 +27,7 @@ from nnunetv2.utilities.default_n_proc_DA import get_allowed_n_proc_DA
 from nnunetv2.utilities.helpers import dummy_context
 
 from mri_unpaired.loader import get_unpaired_mri_dataloader
+from nnunet_cmedl.checkpoint_io import load_checkpoint
 from nnunet_cmedl.distillation.hint import DecoderFeatureTap, hint_loss, unwrap
 from nnunet_cmedl.distillation.teacher import TeacherOnPseudoMRI, scale_gradient
 from nnunet_cmedl.i2i import I2I_METHODS, build_i2i
@@ -415,7 +416,7 @@ class nnUNetTrainerCMEDL(ExperimentMixin, nnUNetTrainer):
         if not self.was_initialized:
             self.initialize()
         checkpoint = filename_or_checkpoint if isinstance(filename_or_checkpoint, dict) else \
-            torch.load(filename_or_checkpoint, map_location=self.device, weights_only=False)
+            load_checkpoint(filename_or_checkpoint, map_location=self.device, trust=True)  # as nnU-Net: its own run
         student_weights = {(k[7:] if k.startswith('module.') else k): v
                            for k, v in checkpoint['network_weights'].items()}
         unwrap(self.network).load_state_dict(student_weights)
