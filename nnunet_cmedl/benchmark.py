@@ -107,34 +107,21 @@ def plan_runs(methods, seeds, reference_seeds, budget: str, data, steps) -> list
     return runs + [Run(REFERENCE, seed, 1, budget, data, steps) for seed in reference_seeds if seed not in seeds]
 
 
-def finished(run: Run) -> bool:
-    """A finished run of the same trainer class (the class fixes method, budget and seed), plans and configuration;
-    anything else is not reused."""
-    from nnunet_cmedl.checkpoint_io import load_checkpoint
-    path = run.folder / "checkpoint_final.pth"
-    if not path.is_file():
-        return False
+def finished(run: Run, data: pipeline.PreparedDataset, steps) -> bool:
+    """A finished run of the same trainer class (the class fixes method, budget and seed), configuration and epochs;
+    anything else is not reused (pipeline.finished_run)."""
     from nnunet_cmedl.training.benchmark_trainers import BUDGETS
-    checkpoint = load_checkpoint(path)
-    kwargs = checkpoint.get("init_args", {})
-    if checkpoint.get("trainer_name") != run.trainer or kwargs.get("fold") != run.fold:
-        raise UserInputError(f"{path}: written by {checkpoint.get('trainer_name')} fold {kwargs.get('fold')}, "
-                             f"not by {run.trainer} fold {run.fold}; move it away or use another --workdir")
-    epochs = BUDGETS[run.budget]["num_epochs"]
-    if checkpoint.get("current_epoch") != epochs:
-        raise UserInputError(f"{path}: trained {checkpoint.get('current_epoch')} epochs, the {run.budget} budget is "
-                             f"{epochs}; it comes from another version of the budget: move it away or use another "
-                             f"--workdir")
-    return True
+    return pipeline.finished_run(run.folder, run.trainer, run.fold, pipeline.plans_file(steps, data),
+                                 BUDGETS[run.budget]["num_epochs"])
 
 
 def train_all(steps, data, runs, device: str) -> dict:
     """Train every run not finished yet (stock nnUNetv2_train), in order; returns training seconds per run."""
     seconds = {}
     for i, run in enumerate(runs, 1):
-        if finished(run):
+        if finished(run, data, steps):
             steps.skip(f"train {run} ({i}/{len(runs)})", f"reusing {run.folder}/checkpoint_final.pth (same trainer "
-                                                        f"class, plans and configuration)")
+                                                        f"class, configuration and epochs)")
             continue
         t = time.time()
         steps.run(f"train {run} ({i}/{len(runs)}): nnUNetv2_train {data.dataset_id} {data.configuration} "
@@ -197,7 +184,7 @@ def main(argv=None) -> int:
           f"seeds {reference_seeds}, device {device}, workdir {workdir}")
     num_train = budget["n_labelled"] * budget["reference_factor"] + budget["n_val"]
     data = pipeline.prepare_dataset(steps, a.dataset_id, budget["dim"], num_train, budget["num_test"],
-                                    budget["num_mri"], a.data_seed, ["--hard-ct-signal", a.hard_ct_signal])
+                                    budget["num_mri"], a.data_seed, a.hard_ct_signal)
     splits = benchmark_splits([p.name.removesuffix("_0000.nii.gz") for p in (data.raw_folder / "imagesTr").iterdir()],
                               budget["n_labelled"], budget["n_val"], budget["reference_factor"])
     write_splits(Path(steps.env["nnUNet_preprocessed"]) / data.dataset_name, splits)
@@ -207,7 +194,7 @@ def main(argv=None) -> int:
         return 0
     runs = plan_runs(methods, seeds, reference_seeds, budget["trainer_budget"], data, steps)
     if a.no_train:
-        unfinished = [r for r in runs if not finished(r)]
+        unfinished = [r for r in runs if not finished(r, data, steps)]
         runs = [r for r in runs if r not in unfinished]
         print(f"--no-train: evaluating the {len(runs)} finished runs; not finished: "
               f"{', '.join(map(str, unfinished)) or 'none'}")

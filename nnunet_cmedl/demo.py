@@ -9,7 +9,9 @@
   7. Dice, surface Dice and HD95 per test case, and where the figures are    (nnunet_cmedl evaluate)
 
 Everything lives under --workdir (default ./demo_output) unless nnUNet_raw / nnUNet_preprocessed / nnUNet_results are
-set. A step whose output exists is reused, so a second run goes straight to what is missing.
+set. A step whose output exists is reused if it was made with the same settings (the dataset's options; the trained
+run's trainer, configuration and epochs), so a second run goes straight to what is missing; an output made otherwise
+stops the demo with a message instead of being reused.
 """
 import argparse
 import time

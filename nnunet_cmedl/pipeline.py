@@ -81,17 +81,21 @@ def make_steps(workdir: Path, device: str) -> Steps:
 
 
 def prepare_dataset(steps: Steps, dataset_id: int, dim: str, num_train: int, num_test: int, num_mri: int,
-                    seed: int, synthetic_args: tuple = ()) -> PreparedDataset:
-    """Generate (or reuse) the synthetic dataset, plan and preprocess it, add the small configuration, and
-    preprocess the unpaired MRI onto it."""
+                    seed: int, hard_ct_signal: str = None) -> PreparedDataset:
+    """Generate (or reuse, if made with the same settings) the synthetic dataset, plan and preprocess it, add the
+    small configuration, and preprocess the unpaired MRI onto it."""
+    from nnunet_cmedl.synthetic.phantom import HARD_CT_SIGNALS
     raw = Path(steps.env["nnUNet_raw"])
+    settings = {"--num-train": num_train, "--num-test": num_test, "--num-mri": num_mri, "--seed": seed,
+                "--hard-ct-signal": hard_ct_signal or HARD_CT_SIGNALS[0]}
     existing = sorted(raw.glob(f"Dataset{dataset_id:03d}_*")) if raw.is_dir() else []
     if existing:
-        steps.skip("generate the synthetic dataset", f"{existing[0]} exists")
+        check_reusable_dataset(existing[0], settings)
+        steps.skip("generate the synthetic dataset", f"reusing {existing[0]} (made with the same settings)")
     else:
         steps.run("generate the synthetic thorax CT dataset and unpaired MRI of other phantom patients",
-                  OURS + ["make-synthetic", "--raw", raw, "-d", dataset_id, "--num-train", num_train,
-                          "--num-test", num_test, "--num-mri", num_mri, "--seed", seed, *synthetic_args])
+                  OURS + ["make-synthetic", "--raw", raw, "-d", dataset_id,
+                          *[str(x) for item in settings.items() for x in item]])
     raw_folder = next(raw.glob(f"Dataset{dataset_id:03d}_*"))
     dataset_name = raw_folder.name  # DatasetNNN_Name: nnU-Net's name for the id
     parent, small, patch, batch, max_features = SMALL_CONFIGURATIONS[dim]
@@ -117,14 +121,75 @@ def prepare_dataset(steps: Steps, dataset_id: int, dim: str, num_train: int, num
     return PreparedDataset(dataset_id, dataset_name, raw_folder, configuration)
 
 
+def check_reusable_dataset(folder: Path, settings: dict) -> None:
+    """An existing dataset folder is reused only if make-synthetic made it with ``settings`` (its CLI options)."""
+    from nnunet_cmedl.synthetic.dataset import METADATA_NAME
+    try:
+        meta = json.loads((folder / METADATA_NAME).read_text())
+        cases = list(meta["ct_cases"].values())
+        found = {"--num-train": sum(c["split"] == "train" for c in cases),
+                 "--num-test": sum(c["split"] == "test" for c in cases), "--num-mri": len(meta["mri_cases"]),
+                 "--seed": meta["seed"], "--hard-ct-signal": meta.get("hard_ct_signal", "none")}
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        raise UserInputError(f"{folder}: exists, but not as make-synthetic writes it (no readable {METADATA_NAME}); "
+                             f"it is not reused: choose another -d or --workdir") from None
+    differ = [f"{k} {found[k]} (this run: {v})" for k, v in settings.items() if found[k] != v]
+    if differ:
+        raise UserInputError(f"{folder}: made with {', '.join(differ)}; it is not reused: choose another -d or "
+                             f"--workdir, or remove the folder (and its preprocessed data and results)")
+
+
+def finished_run(fold_folder: Path, trainer: str, fold: int, plans_file: Path, epochs: int = None) -> bool:
+    """Whether ``fold_folder`` holds a finished run to reuse: False if it has no checkpoint_final.pth; True if that
+    is ``trainer``'s, on this fold, trained on the configuration ``plans_file`` defines now, for all its epochs
+    (``epochs``, else the run's own debug.json); anything else is an error, never silently reused."""
+    from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
+    from nnunet_cmedl.checkpoint_io import load_checkpoint
+    path = fold_folder / "checkpoint_final.pth"
+    if not path.is_file():
+        return False
+    stop = "it is not reused: move it away or use another --workdir"
+    checkpoint = load_checkpoint(path)
+    kwargs = checkpoint.get("init_args") or {}
+    if checkpoint.get("trainer_name") != trainer or kwargs.get("fold") != fold:
+        raise UserInputError(f"{path}: written by {checkpoint.get('trainer_name')} fold {kwargs.get('fold')}, not by "
+                             f"{trainer} fold {fold}; {stop}")
+    configuration = kwargs.get("configuration")
+    try:
+        trained = PlansManager(kwargs["plans"]).get_configuration(configuration).configuration
+        planned = PlansManager(json.loads(plans_file.read_text())).get_configuration(configuration).configuration
+    except (OSError, ValueError, KeyError, TypeError, RuntimeError) as e:
+        raise UserInputError(f"{path}: cannot compare its configuration {configuration} with {plans_file} "
+                             f"({type(e).__name__}: {e}); {stop}") from None
+    differ = sorted(k for k in set(trained) | set(planned) if trained.get(k) != planned.get(k))
+    if differ:
+        raise UserInputError(f"{path}: trained with another configuration {configuration} than {plans_file} holds now "
+                             f"({', '.join(differ)} differ); {stop}")
+    if epochs is None:
+        try:
+            epochs = int(json.loads((fold_folder / "debug.json").read_text())["num_epochs"])
+        except (OSError, ValueError, KeyError, TypeError):
+            raise UserInputError(f"{fold_folder / 'debug.json'}: missing or unreadable, so the run's budget is "
+                                 f"unknown; {stop}") from None
+    if checkpoint.get("current_epoch") != epochs:
+        raise UserInputError(f"{path}: trained {checkpoint.get('current_epoch')} epochs, the trainer's budget is "
+                             f"{epochs}; {stop}")
+    return True
+
+
+def plans_file(steps: Steps, data: PreparedDataset) -> Path:
+    return Path(steps.env["nnUNet_preprocessed"]) / data.dataset_name / "nnUNetPlans.json"
+
+
 def results_folder(steps: Steps, data: PreparedDataset, trainer: str) -> Path:
     return Path(steps.env["nnUNet_results"]) / data.dataset_name / f"{trainer}__nnUNetPlans__{data.configuration}"
 
 
 def train(steps: Steps, data: PreparedDataset, trainer: str, device: str) -> Path:
     folder = results_folder(steps, data, trainer)
-    if (folder / "fold_0" / "checkpoint_final.pth").is_file():
-        steps.skip(f"train {trainer}", f"{folder}/fold_0/checkpoint_final.pth exists")
+    if finished_run(folder / "fold_0", trainer, 0, plans_file(steps, data)):
+        steps.skip(f"train {trainer}", f"reusing {folder}/fold_0/checkpoint_final.pth (same trainer, configuration "
+                                       f"and epochs)")
     else:
         steps.run(f"train {trainer} (stock nnUNetv2_train)",
                   [BIN / "nnUNetv2_train", data.dataset_id, data.configuration, "0", "-tr", trainer, "-device", device])

@@ -222,33 +222,74 @@ def test_benchmark_evaluates_every_checkpoint_of_a_run_on_the_test_set(planned_d
     assert [e for e, _ in benchmark_report.checkpoints(run, tmp_path)] == [2, 3]
 
 
-def test_benchmark_reuses_only_a_finished_run_of_the_same_trainer_and_budget(tmp_path):
-    from nnunet_cmedl import benchmark
+def test_benchmark_and_demo_reuse_only_a_finished_run_of_the_same_trainer_configuration_and_budget(tmp_path):
+    from nnunet_cmedl import benchmark, pipeline
     from nnunet_cmedl.errors import UserInputError
 
     class Data:
         dataset_name, configuration = "Dataset502_X", "2d_bench"
 
     class Steps:
-        env = {"nnUNet_results": str(tmp_path)}
+        env = {"nnUNet_results": str(tmp_path / "results"), "nnUNet_preprocessed": str(tmp_path / "pre")}
+    arch = {"network_class_name": "dynamic_network_architectures.architectures.unet.PlainConvUNet",
+            "arch_kwargs": {"n_stages": 3}, "_kw_requires_import": []}
+    plans = {"configurations": {"2d": {"patch_size": [96, 128], "batch_size": 8, "architecture": arch},
+                                "2d_bench": {"inherits_from": "2d", "patch_size": [64, 64]}}}
+    plans_file = pipeline.plans_file(Steps, Data)
+    plans_file.parent.mkdir(parents=True)
+    plans_file.write_text(json.dumps(plans))
     run = benchmark.Run("CMEDL", 1, 0, "benchCPU", Data, Steps)
     assert run.trainer == "nnUNetTrainerCMEDL_benchCPU_seed1"
-    assert run.folder == tmp_path / "Dataset502_X" / f"{run.trainer}__nnUNetPlans__2d_bench" / "fold_0"
-    assert not benchmark.finished(run)
+    assert run.folder == tmp_path / "results" / "Dataset502_X" / f"{run.trainer}__nnUNetPlans__2d_bench" / "fold_0"
+    assert not benchmark.finished(run, Data, Steps)
     run.folder.mkdir(parents=True)
     final = run.folder / "checkpoint_final.pth"
-    torch.save({"trainer_name": run.trainer, "init_args": {"fold": 0}, "current_epoch": 40}, final)
-    assert benchmark.finished(run)
-    torch.save({"trainer_name": run.trainer, "init_args": {"fold": 0}, "current_epoch": 30}, final)
-    with pytest.raises(UserInputError, match="trained 30 epochs, the benchCPU budget is 40"):
-        benchmark.finished(run)
-    torch.save({"trainer_name": "nnUNetTrainerCMEDL_benchCPU_seed2", "init_args": {"fold": 0},
-                "current_epoch": 40}, final)
+
+    def save(trainer=run.trainer, epochs=40, trained_plans=plans):
+        torch.save({"trainer_name": trainer, "current_epoch": epochs,
+                    "init_args": {"fold": 0, "configuration": "2d_bench", "plans": trained_plans}}, final)
+    save()
+    assert benchmark.finished(run, Data, Steps)
+    # another configuration added to the plans later changes nothing for this one
+    plans_file.write_text(json.dumps({"configurations": {**plans["configurations"], "2d_demo": {"inherits_from": "2d"}}}))
+    assert benchmark.finished(run, Data, Steps)
+    save(epochs=30)
+    with pytest.raises(UserInputError, match="trained 30 epochs, the trainer's budget is 40"):
+        benchmark.finished(run, Data, Steps)
+    save(trainer="nnUNetTrainerCMEDL_benchCPU_seed2")
     with pytest.raises(UserInputError, match="not by nnUNetTrainerCMEDL_benchCPU_seed1"):
-        benchmark.finished(run)
+        benchmark.finished(run, Data, Steps)
+    other = json.loads(json.dumps(plans))
+    other["configurations"]["2d"]["batch_size"] = 4  # the parent the run's configuration inherits from
+    save(trained_plans=other)
+    with pytest.raises(UserInputError, match="batch_size differ"):
+        benchmark.finished(run, Data, Steps)
+    # the demo's trainers: the budget is what the run itself recorded at its start (debug.json)
+    save()
+    with pytest.raises(UserInputError, match="debug.json"):
+        pipeline.finished_run(run.folder, run.trainer, 0, plans_file)
+    (run.folder / "debug.json").write_text(json.dumps({"num_epochs": "40"}))
+    assert pipeline.finished_run(run.folder, run.trainer, 0, plans_file)
     reference = benchmark.Run(benchmark.REFERENCE, 0, 1, "benchCPU", Data, Steps)
     assert (reference.name, reference.trainer, reference.folder.name) == \
         ("nnU-Net_4xLabels", "nnUNetTrainer_benchCPU_seed0", "fold_1")
+
+
+def test_demo_and_benchmark_reuse_a_synthetic_dataset_only_with_the_same_settings(tmp_path):
+    from nnunet_cmedl import pipeline
+    from nnunet_cmedl.errors import UserInputError
+    from nnunet_cmedl.synthetic.dataset import make_synthetic_dataset
+    paths = make_synthetic_dataset(tmp_path, dataset_id=503, num_train=2, num_test=1, num_mri=1,
+                                   ct_shape=(16, 48, 64), seed=4, preview=False, show_progress=False)
+    same = {"--num-train": 2, "--num-test": 1, "--num-mri": 1, "--seed": 4, "--hard-ct-signal": "enhancing-atelectasis"}
+    pipeline.check_reusable_dataset(paths.dataset_folder, same)
+    with pytest.raises(UserInputError, match=r"--num-train 2 \(this run: 12\), --seed 4 \(this run: 0\)"):
+        pipeline.check_reusable_dataset(paths.dataset_folder, {**same, "--num-train": 12, "--seed": 0})
+    with pytest.raises(UserInputError, match="--hard-ct-signal enhancing-atelectasis \\(this run: none\\)"):
+        pipeline.check_reusable_dataset(paths.dataset_folder, {**same, "--hard-ct-signal": "none"})
+    (paths.dataset_folder / "phantom_metadata.json").unlink()
+    with pytest.raises(UserInputError, match="not as make-synthetic writes it"):
+        pipeline.check_reusable_dataset(paths.dataset_folder, same)
 
 
 def test_benchmark_cli_refuses_seeds_without_trainers(capsys):
