@@ -72,11 +72,10 @@ def _gzip_length(path: str) -> int:
 
 
 def _nonfinite_message(n_nan: int, n_inf: int) -> str:
-    return (f"contains {n_nan + n_inf} non-finite voxels ({n_nan} NaN, {n_inf} Inf); replace them (e.g. by 0) "
-            f"before preprocessing")
+    return f"contains {n_nan + n_inf} non-finite voxels ({n_nan} NaN, {n_inf} Inf); replace them (e.g. by 0) first"
 
 
-def _check_file_contents(path: str):
+def file_contents_problem(path: str):
     """An error message for what ITK does not report, else None.
 
     ITK's NIfTI reader (SimpleITK, hence nnU-Net's SimpleITKIO) reads a truncated .nii / .nii.gz without complaint,
@@ -114,6 +113,14 @@ def _check_file_contents(path: str):
                 if n_nan or n_inf:
                     return _nonfinite_message(n_nan, n_inf)
     return None
+
+
+def refuse_damaged_file(path) -> None:
+    """UserInputError naming ``path`` if it is truncated, a corrupt gzip, or holds NaN / Inf voxels: what ITK's and
+    nnU-Net's readers take without complaint (``file_contents_problem``). For every CLI that reads an image."""
+    problem = file_contents_problem(str(path))
+    if problem:
+        raise UserInputError(f"{path}: {problem}")
 
 
 def _stats(a: np.ndarray) -> dict:
@@ -164,7 +171,7 @@ def check_mri_file(path: str, allow_2d: bool):
     spacing = list(reader.GetSpacing())
     if not all(np.isfinite(s) and s > 0 for s in spacing):
         return bad(f"has an invalid voxel spacing {spacing}")
-    problem = _check_file_contents(path)
+    problem = file_contents_problem(path)
     if problem:
         return bad(problem)
     try:

@@ -288,6 +288,12 @@ def test_bad_inputs_one_line_naming_the_file(models, tmp_path, capsys, monkeypat
     sitk.WriteImage(sitk.JoinSeries([three_d, three_d]), str(four_d))  # 2 channels in one file
     line = _cli_error(capsys, "-m", m, "-i", four_d, "-o", out)
     assert "four_d_0000.nii.gz" in line and "2 channel(s)" in line
+    # what nnU-Net's reader takes without complaint: a truncated file, NaN voxels
+    from test_metrics import damaged_copies
+    for kind, damaged in damaged_copies(ct, tmp_path / "damaged").items():
+        case = damaged.rename(damaged.with_name(f"{kind}_0000.nii.gz"))
+        line = _cli_error(capsys, "-m", m, "-i", case, "-o", out)
+        assert case.name in line and ("truncated" if kind == "truncated" else "1 non-finite voxels") in line, line
     assert not out.exists() or not any(out.iterdir())
 
 

@@ -13,6 +13,7 @@ import csv
 import json
 import math
 import warnings
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -303,20 +304,68 @@ def test_evaluate_empty_label_and_missing_predictions(folders, capsys):
     (good / "case_001.nii.gz").unlink()
     with pytest.raises(UserInputError, match="case_001.nii.gz"):
         evaluate_folders(ref_dir, good)
-    res = evaluate_folders(ref_dir, good, labels=[1, 2, 3], allow_missing=True)
+    # case 2: label 2 in neither mask: agreement
+    for folder in (ref_dir, good):
+        a = sitk.GetArrayFromImage(sitk.ReadImage(str(folder / "case_002.nii.gz")))
+        a[a == 2] = 1
+        write_label(folder / "case_002.nii.gz", a)
+    # label 3 is in no file at all: asked for, it is a mistake; from a dataset.json, it is not scored (not 1.0)
+    with pytest.raises(UserInputError, match=r"--labels 3: in no reference and no prediction of the 8 cases"):
+        evaluate_folders(ref_dir, good, labels=[1, 2, 3], allow_missing=True)
+    dj = tmp / "dataset3.json"
+    dj.write_text(json.dumps({"labels": {"background": 0, "tumour": 1, "core": 2, "other": 3}}))
+    res = evaluate_folders(ref_dir, good, dataset_json=dj, allow_missing=True)
     assert res["inputs"]["missing_predictions"] == ["case_001"]
+    assert res["inputs"]["labels_absent_everywhere"] == ["3"]
+    assert all(math.isnan(r["dsc"]) and math.isnan(r["hd95"]) for r in res["per_case"] if r["label"] == "3")
+    assert res["aggregates"]["3"]["dsc"]["n"] == 0
     by = {(r["case"], r["label"]): r for r in res["per_case"]}
     r = by[("case_000", "2")]
     assert (r["dsc"], r["sdsc"], r["hd95_undefined"]) == (0.0, 0.0, True) and math.isnan(r["hd95"])
-    r3 = by[("case_002", "3")]  # label 3 is in neither: both empty
-    assert (r3["dsc"], r3["sdsc"], r3["hd95"], r3["hd95_undefined"]) == (1.0, 1.0, 0.0, False)
+    r2 = by[("case_002", "2")]
+    assert (r2["dsc"], r2["sdsc"], r2["hd95"], r2["hd95_undefined"]) == (1.0, 1.0, 0.0, False)
     assert res["aggregates"]["2"]["hd95"]["n_nan"] == 1 and res["aggregates"]["2"]["hd95"]["n"] == 7
+    # case groups that name a case the reference folder does not have
+    with pytest.raises(UserInputError, match="names cases that are not in .*: case_099"):
+        evaluate_folders(ref_dir, good, allow_missing=True, case_groups={"hard": ["case_000", "case_099"]})
     # NaN goes to the JSON as null
     out = tmp / "e"
     assert evaluate_cli.main(["-ref", str(ref_dir), "-pred", str(good), "-o", str(out), "--allow-missing",
                               "--labels", "2", "-q"]) == 0
     js = json.loads((tmp / "e.json").read_text())
     assert [r["hd95"] for r in js["per_case"] if r["case"] == "case_000"] == [None]
+
+
+def damaged_copies(src: Path, folder: Path) -> dict:
+    """A truncated copy of ``src`` (gzip stream cut in half) and a float copy with one NaN voxel (nibabel writes the
+    NaN; ITK would read it as 0), as ITK reads both without complaint."""
+    import nibabel
+    folder.mkdir(exist_ok=True)
+    raw = src.read_bytes()
+    truncated = folder / "truncated.nii.gz"
+    noisy = sitk.ReadImage(str(src))
+    arr = sitk.GetArrayFromImage(noisy).astype(np.float32)
+    arr += np.random.default_rng(0).random(arr.shape, dtype=np.float32) * 1e-3  # incompressible: cut mid-voxels
+    img = sitk.GetImageFromArray(arr)
+    img.CopyInformation(noisy)
+    sitk.WriteImage(img, str(truncated), True)
+    raw = truncated.read_bytes()
+    truncated.write_bytes(raw[:len(raw) // 2])
+    nan = folder / "nan.nii.gz"
+    n = nibabel.load(str(src))
+    data = np.asanyarray(n.dataobj).astype(np.float32)
+    data.flat[0] = np.nan
+    nibabel.save(nibabel.Nifti1Image(data, n.affine), str(nan))
+    return {"truncated": truncated, "nan": nan}
+
+
+def test_damaged_label_files_are_refused_naming_the_file(folders, tmp_path):
+    _, ref_dir, good, _ = folders
+    for kind, path in damaged_copies(good / "case_004.nii.gz", tmp_path / "damaged").items():
+        (good / "case_004.nii.gz").write_bytes(path.read_bytes())
+        with pytest.raises(UserInputError, match=r"case_004\.nii\.gz: " + ("(truncated|cannot read)" if kind == "truncated"
+                                                                       else "contains 1 non-finite voxels")):
+            evaluate_folders(ref_dir, good)
 
 
 def test_mismatched_geometry_names_the_file(folders):

@@ -108,6 +108,9 @@ def main(argv=None) -> int:
     if inp["missing_predictions"]:
         print(f"warning: {len(inp['missing_predictions'])} reference cases have no prediction and were skipped "
               f"(--allow-missing)", file=sys.stderr)
+    if inp["labels_absent_everywhere"]:
+        print(f"warning: labels {inp['labels_absent_everywhere']} occur in no reference and no prediction: not "
+              f"scored (NaN)", file=sys.stderr)
     if inp["labels_only_in_predictions"]:
         print(f"warning: labels {inp['labels_only_in_predictions']} occur in predictions but were not evaluated",
               file=sys.stderr)

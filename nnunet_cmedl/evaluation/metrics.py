@@ -366,10 +366,12 @@ def match_cases(ref_folder, pred_folder, file_ending: str = ".nii.gz", allow_mis
 def read_label_image(path) -> Tuple[np.ndarray, dict]:
     """Label array (SimpleITK array order, z-y-x) and header geometry (x-y-z order as in the file)."""
     import SimpleITK as sitk
+    from mri_unpaired.validation import refuse_damaged_file
     try:
         img = sitk.ReadImage(str(path))
     except RuntimeError as e:
         raise UserInputError(f"{path}: cannot read the image ({itk_message(e)})") from None
+    refuse_damaged_file(path)
     if img.GetNumberOfComponentsPerPixel() != 1:
         raise UserInputError(f"{path}: a label image must have one value per voxel, this one has "
                              f"{img.GetNumberOfComponentsPerPixel()}")
@@ -553,12 +555,29 @@ def evaluate_folders(ref_folder, pred_folder, labels=None, tolerance_mm: float =
     pred_only = sorted(set().union(*(set(cr["pred_labels_present"]) for cr in case_results))
                        - {v for lab in wanted for v in (lab if isinstance(lab, tuple) else (lab,))})
 
+    # a label in no reference and no prediction has nothing to score: NaN, not a perfect 1 per case; asked for by
+    # --labels it is a mistake
+    absent = [k for k in keys if not any(k in cr["results"] for cr in case_results)]
+    if absent and labels is not None:
+        present = sorted(set().union(*(set(cr["ref_labels_present"]) | set(cr["pred_labels_present"])
+                                       for cr in case_results)))
+        raise UserInputError(f"--labels {' '.join(absent)}: in no reference and no prediction of the "
+                             f"{len(case_results)} cases (labels found: {', '.join(map(str, present)) or 'none'})")
+    if groups is not None:
+        unknown = sorted(set(groups) - {c for c, _, _ in pairs} - set(missing))
+        if unknown:
+            more = f" and {len(unknown) - 5} more" if len(unknown) > 5 else ""
+            raise UserInputError(f"{case_groups}: names cases that are not in {ref_folder}: "
+                                 f"{', '.join(unknown[:5])}{more}")
+
     rows = []
     for cr in case_results:
         for lab, k in zip(wanted, keys):
             r = cr["results"].get(k)
-            if r is None:  # label absent from both masks
-                r = {"dsc": 1.0, "sdsc": 1.0, "hd95": 0.0, "hd95_undefined": False, "ref_voxels": 0,
+            if r is None:  # label absent from both masks: agreement, unless it is absent from every case
+                perfect = k not in absent
+                r = {"dsc": 1.0 if perfect else math.nan, "sdsc": 1.0 if perfect else math.nan,
+                     "hd95": 0.0 if perfect else math.nan, "hd95_undefined": False, "ref_voxels": 0,
                      "pred_voxels": 0}
             row = {"case": cr["case"], "group": groups.get(cr["case"]) if groups is not None else None,
                    "label": k, "label_name": label_names[k]}
@@ -585,6 +604,7 @@ def evaluate_folders(ref_folder, pred_folder, labels=None, tolerance_mm: float =
             "missing_predictions": missing,
             "predictions_without_reference": unmatched,
             "labels_only_in_predictions": pred_only,
+            "labels_absent_everywhere": absent,
         },
         "cases": [{k: cr[k] for k in ("case", "ref_file", "pred_file", "size_xyz", "spacing_xyz_mm")}
                   for cr in case_results],

@@ -19,6 +19,7 @@ import numpy as np
 from nnunet_cmedl.errors import UserInputError
 from nnunet_cmedl.evaluation.metrics import dice
 from nnunet_cmedl.plotting import largest_area_slice
+from mri_unpaired.validation import refuse_damaged_file
 from mri_unpaired.atomic import atomic_file, atomic_path, refuse_existing
 
 CT_WINDOW = (400.0, 40.0)  # width, level (HU): mediastinal
@@ -46,6 +47,7 @@ def mri_files(mri) -> List[Path]:
 def read_mri(path: Path):
     """(volume in SimpleITK array order z, y, x; its spacing z, y, x)."""
     import SimpleITK as sitk
+    refuse_damaged_file(path)
     try:
         image = sitk.ReadImage(str(path))
         array = sitk.GetArrayFromImage(image).astype(np.float32)
@@ -181,6 +183,8 @@ def render_panel(png_file, case_id: str, ct: np.ndarray, pmri: np.ndarray, refer
 
 # ---------------------------------------------------------------------------------------------- all cases
 def _read_label(rw, path: Path, shape, what: str) -> np.ndarray:
+    if Path(path).is_file():
+        refuse_damaged_file(path)
     try:
         seg, _ = rw.read_seg(str(path))
     except Exception as e:

@@ -134,9 +134,11 @@ def _first_error_line(e: BaseException) -> str:
 
 def read_case(model: CMEDLModel, image_files: Sequence[str]):
     """(data (C, *spatial) float32, properties, reader/writer instance) read with nnU-Net's reader."""
+    from mri_unpaired.validation import refuse_damaged_file
     for f in image_files:
         if not os.path.isfile(f):
             raise UserInputError(f"{f}: image not found")
+        refuse_damaged_file(f)
     rw = reader_writer_for(model, image_files[0])()
     try:
         data, properties = rw.read_images(list(image_files))
