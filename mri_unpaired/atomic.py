@@ -102,6 +102,35 @@ def atomic_temp_path(final_path) -> str:
     return tmp
 
 
+@contextmanager
+def exclusive_output(target, tool: str):
+    """Only one run at a time writes ``target`` (a file, a prefix or a folder): a second run fails at once with one
+    line, instead of both reporting success over each other's files. An flock on a file named after the target's
+    real path in the temporary folder (nothing is added beside the user's files; the OS releases the lock when the
+    process ends, however it ends). Runs on one machine only."""
+    import fcntl
+    import hashlib
+    target = Path(target).absolute()
+    folder = Path(tempfile.gettempdir()) / "nnunet_cmedl_locks"
+    if not folder.is_dir():
+        folder.mkdir(exist_ok=True)
+        os.chmod(folder, 0o1777)  # like /tmp: every user's runs lock here
+    key = hashlib.sha1(os.path.realpath(target).encode()).hexdigest()[:20]
+    fd = os.open(folder / f"{key}.lock", os.O_RDWR | os.O_CREAT, 0o666)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.read(fd, 200).decode(errors="replace").strip() or "its process is unknown"
+            raise UserInputError(f"{target}: another run ({holder}) is writing it now; wait until it ends, or choose "
+                                 f"another output") from None
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{tool}, process {os.getpid()}".encode())
+        yield
+    finally:
+        os.close(fd)
+
+
 def remove_stale_temps(final_path) -> list:
     """Remove the temporary files that ``atomic_path(final_path)`` left beside it when its process was killed
     (SIGKILL, power loss: no cleanup ran). Only for outputs that one process owns, such as a trainer's checkpoints."""

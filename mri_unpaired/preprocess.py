@@ -20,7 +20,7 @@ import time
 from datetime import datetime, timezone
 
 from mri_unpaired.errors import UserInputError
-from mri_unpaired.atomic import atomic_directory, atomic_file, current_umask
+from mri_unpaired.atomic import atomic_directory, atomic_file, current_umask, exclusive_output
 from mri_unpaired.nnunet_env import find_dataset_name, require_env
 
 from mri_unpaired.paths import MANIFEST_NAME, case_files, manifest_path, read_manifest, unpaired_mri_folder_for
@@ -160,8 +160,22 @@ class Job:
         except OSError:
             return False
         return (_same_path(entry.get("source_file"), path) and entry.get("source_size") == st.st_size
-                and entry.get("source_mtime_ns") == st.st_mtime_ns
-                and all(os.path.isfile(f) for f in case_files(self.out_folder, case)))
+                and entry.get("source_mtime_ns") == st.st_mtime_ns and _outputs_intact(self.out_folder, case, entry))
+
+
+def _outputs_intact(folder: str, case: str, entry: dict) -> bool:
+    """The case's files exist with the sizes written (a truncated or replaced file is preprocessed again) and its
+    array's header reads."""
+    files = case_files(folder, case)
+    try:
+        sizes = [os.path.getsize(f) for f in files]
+        if "output_bytes" in entry and sizes != entry["output_bytes"]:
+            return False
+        import blosc2
+        blosc2.open(files[0], mode="r")
+    except Exception:  # noqa: BLE001 - missing, unreadable or corrupt: not up to date
+        return False
+    return True
 
 
 def _run_tasks(pool, fn, tasks, progress_desc=None):
@@ -327,6 +341,7 @@ def run(job: Job) -> int:
                 entry = dict(infos[case])
                 entry.update(result)
                 entry["files"] = [os.path.basename(f) for f in case_files(job.out_folder, case)]
+                entry["output_bytes"] = [os.path.getsize(f) for f in case_files(folder, case)]
                 entry["processed"] = _now()
                 cases[case] = entry
 
@@ -358,5 +373,7 @@ def run(job: Job) -> int:
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
-    return run(Job(args))
+    job = Job(args)
+    with exclusive_output(job.out_folder, "nnunet_cmedl preprocess-mri"):
+        return run(job)
 

@@ -17,6 +17,9 @@ from mri_unpaired.errors import UserInputError, itk_message
 # longest first, matched case-insensitively
 IMAGE_ENDINGS = (".nii.gz", ".gipl.gz", ".nii", ".mha", ".mhd", ".nrrd", ".nhdr", ".gipl", ".hdr", ".vtk", ".mnc")
 _NIFTI_ENDINGS = (".nii.gz", ".nii")
+# voxel spacings a medical image can have; anything else is a broken header, which resampling would turn into an
+# empty or enormous volume
+SPACING_RANGE_MM = (0.01, 100.0)
 
 
 def image_ending(filename: str):
@@ -171,6 +174,9 @@ def check_mri_file(path: str, allow_2d: bool):
     spacing = list(reader.GetSpacing())
     if not all(np.isfinite(s) and s > 0 for s in spacing):
         return bad(f"has an invalid voxel spacing {spacing}")
+    if not all(SPACING_RANGE_MM[0] <= s <= SPACING_RANGE_MM[1] for s in spacing[:3]):
+        return bad(f"has an implausible voxel spacing {spacing} mm (expected {SPACING_RANGE_MM[0]:g} to "
+                   f"{SPACING_RANGE_MM[1]:g} mm per axis); fix the file's header")
     problem = file_contents_problem(path)
     if problem:
         return bad(problem)

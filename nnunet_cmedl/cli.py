@@ -28,6 +28,10 @@ def run_command(name: str, argv) -> int:
     except UserInputError as e:
         print(f"nnunet_cmedl {name}: error: {e}", file=sys.stderr)
         return 2
+    except OSError as e:  # the file system refused (no permission, a parent that is a file, disk full): one line
+        where = f"{e.filename}: " if e.filename else ""
+        print(f"nnunet_cmedl {name}: error: {where}{e.strerror or e}; nothing was replaced", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print(f"nnunet_cmedl {name}: interrupted", file=sys.stderr)
         return 130

@@ -290,6 +290,13 @@ def test_rerun_skips_and_new_or_changed_files_are_added_incrementally(ds, tmp_pa
     assert not [p for p in os.listdir(ds["dataset_folder"]) if p.startswith(".")]
     assert not [p for p in os.listdir(out) if p.startswith(".")]
 
+    # a damaged output (truncated by a full disk, say) is not up to date: that case is preprocessed again
+    damaged = out / "mri02.b2nd"
+    damaged.write_bytes(damaged.read_bytes()[:100])
+    r = cli(ds["env"], *args)
+    assert "3 up to date (skipped), 0 new, 1 changed" in r.stdout
+    assert (out / "mri02.b2nd").stat().st_size == again["mri02.b2nd"][0] and read_case(out, "mri02").shape[0] == 1
+
     # a source that disappeared: its case is kept and reported
     (mri / "mri_new.nii.gz").unlink()
     r = cli(ds["env"], *args)
@@ -382,6 +389,8 @@ def _bad_files(kind, folder):
         if kind == "nan_mha":
             f = folder / "bad.mha"
         write_image(f, a, MRI_SPACING)
+    elif kind in ("tiny_spacing", "huge_spacing"):  # a broken header: resampling would explode or vanish
+        write_mri(f, seed=6, spacing=(0.001, 1.0, 1.0) if kind == "tiny_spacing" else (1000.0, 1.0, 1.0))
     elif kind == "constant":
         write_image(f, np.full(MRI_SHAPE, 7.0, np.float32), MRI_SPACING)
     elif kind == "rgb":
@@ -401,6 +410,8 @@ BAD_FILES = {
     "inf": "1 Inf",
     "constant": "constant",
     "rgb": "values per voxel",
+    "tiny_spacing": "implausible voxel spacing",
+    "huge_spacing": "implausible voxel spacing",
 }
 
 

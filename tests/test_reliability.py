@@ -128,3 +128,54 @@ def test_too_many_non_finite_steps_in_a_row_stop_training_and_keep_the_last_good
     assert not (Path(trainer.output_folder) / "checkpoint_final.pth").exists()
     log = next(Path(trainer.output_folder).glob("training_log_*.txt")).read_text()
     assert message in log
+
+
+# ---------------------------------------------------------------- outputs: one writer at a time, file-system faults
+@pytest.fixture
+def label_folders(tmp_path):
+    import numpy as np
+    import SimpleITK as sitk
+    for folder in ("ref", "pred"):
+        (tmp_path / folder).mkdir()
+        for case in ("a", "b"):
+            mask = np.zeros((6, 20, 20), np.uint8)
+            mask[2:4, 5:10, 5:10 + (folder == "pred")] = 1
+            sitk.WriteImage(sitk.GetImageFromArray(mask), str(tmp_path / folder / f"{case}.nii.gz"))
+    return tmp_path
+
+
+def evaluate(capsys, *args) -> tuple:
+    from nnunet_cmedl.cli import main
+    capsys.readouterr()
+    code = main(["evaluate", "-q", *map(str, args)])
+    return code, capsys.readouterr().err
+
+
+def test_a_second_run_writing_the_same_output_fails_at_once(label_folders, capsys):
+    from mri_unpaired.atomic import exclusive_output
+    t = label_folders
+    with exclusive_output(t / "out" / "m.json", "a first run"):
+        code, err = evaluate(capsys, "-ref", t / "ref", "-pred", t / "pred", "-o", t / "out" / "m")
+        assert code == 2 and err.count("\n") == 1 and "another run (a first run, process" in err, err
+        assert not (t / "out" / "m.json").exists()
+    code, err = evaluate(capsys, "-ref", t / "ref", "-pred", t / "pred", "-o", t / "out" / "m")  # released
+    assert code == 0 and (t / "out" / "m.json").is_file(), err
+
+
+def test_file_system_faults_are_one_line_and_leave_nothing(label_folders, capsys, monkeypatch):
+    import errno
+    t = label_folders
+    (t / "a_file").write_text("mine")
+    code, err = evaluate(capsys, "-ref", t / "ref", "-pred", t / "pred", "-o", t / "a_file" / "m")
+    assert code == 1 and err.count("\n") == 1 and "a_file" in err and "Traceback" not in err, err
+    assert (t / "a_file").read_text() == "mine"
+
+    from nnunet_cmedl.evaluation import tables
+
+    def disk_full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+    monkeypatch.setattr(tables.json, "dump", disk_full)
+    (t / "out").mkdir()
+    code, err = evaluate(capsys, "-ref", t / "ref", "-pred", t / "pred", "-o", t / "out" / "m")
+    assert code == 1 and err.count("\n") == 1 and "No space left on device" in err, err
+    assert [p.name for p in (t / "out").iterdir()] == ["m.csv"]  # written before the JSON; no temporary file left

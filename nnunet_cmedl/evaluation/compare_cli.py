@@ -19,6 +19,7 @@ from typing import Dict, List, Optional, Sequence
 
 import numpy as np
 
+from mri_unpaired.atomic import exclusive_output
 from nnunet_cmedl.errors import UserInputError
 from nnunet_cmedl.evaluation.metrics import (HELP_DEFINITIONS, HIGHER_IS_BETTER, METRIC_TITLES, METRICS, _normalize_labels,
                                              definitions, evaluate_folders, label_key, load_case_groups)
@@ -331,6 +332,11 @@ def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     methods = _parse_method_specs(args.pred)
     paths = output_paths(args.output_prefix)
+    with exclusive_output(paths[-1], "nnunet_cmedl compare"):
+        return _compare(args, methods, paths)
+
+
+def _compare(args, methods, paths) -> int:
     refuse_existing_outputs(paths, args.overwrite)
     if args.num_processes < 1:
         raise UserInputError(f"--num-processes: must be >= 1, got {args.num_processes}")

@@ -7,6 +7,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from mri_unpaired.atomic import exclusive_output
 from nnunet_cmedl.errors import UserInputError
 from nnunet_cmedl.evaluation.metrics import (CSV_COLUMNS, HELP_DEFINITIONS, METRIC_TITLES, METRICS,
                                              evaluate_folders)
@@ -94,6 +95,11 @@ def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     prefix = args.output_prefix if args.output_prefix is not None else str(Path(args.pred_folder) / "cmedl_metrics")
     csv_path, json_path = output_paths(prefix)
+    with exclusive_output(json_path, "nnunet_cmedl evaluate"):
+        return _evaluate(args, csv_path, json_path)
+
+
+def _evaluate(args, csv_path, json_path) -> int:
     refuse_existing_outputs([csv_path, json_path], args.overwrite)
     if args.num_processes < 1:
         raise UserInputError(f"--num-processes: must be >= 1, got {args.num_processes}")

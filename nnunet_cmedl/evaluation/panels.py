@@ -20,7 +20,7 @@ from nnunet_cmedl.errors import UserInputError
 from nnunet_cmedl.evaluation.metrics import dice
 from nnunet_cmedl.plotting import largest_area_slice
 from mri_unpaired.validation import refuse_damaged_file
-from mri_unpaired.atomic import atomic_file, atomic_path, refuse_existing
+from mri_unpaired.atomic import atomic_file, atomic_path, exclusive_output, refuse_existing
 
 CT_WINDOW = (400.0, 40.0)  # width, level (HU): mediastinal
 COLOURS = {"reference": "#00c000", "student": "#ff2020", "teacher": "#2060ff"}
@@ -308,8 +308,9 @@ def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     model = model_from_arguments(args)
     out = Path(args.output) if args.output else model.checkpoint_file.parent / "cmedl_panels"
-    pngs = make_case_panels(model, args.images, args.reference, out, args.student_pred, args.mri,
-                            overwrite=args.overwrite, step_size=args.step_size, show_progress=not args.quiet)
+    with exclusive_output(out, "nnunet_cmedl panels"):
+        pngs = make_case_panels(model, args.images, args.reference, out, args.student_pred, args.mri,
+                                overwrite=args.overwrite, step_size=args.step_size, show_progress=not args.quiet)
     print(f"wrote {len(pngs)} panel(s) and {INDEX_NAME} to {out}")
     return 0
 

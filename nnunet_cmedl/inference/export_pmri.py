@@ -30,7 +30,7 @@ import torch
 
 from nnunet_cmedl.errors import UserInputError
 from nnunet_cmedl.inference.cmedl_model import CMEDLModel, add_model_arguments, model_from_arguments
-from mri_unpaired.atomic import atomic_temp_path, refuse_existing
+from mri_unpaired.atomic import atomic_temp_path, exclusive_output, refuse_existing
 
 PMRI_SUFFIX = "_pMRI.nii.gz"
 TEACHER_SEG_SUFFIX = "_teacher_seg"
@@ -452,9 +452,11 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     model = model_from_arguments(args)
-    written = export_pseudo_mri_batch(model, args.input, args.output, teacher_seg=args.teacher_seg,
-                                      student_seg=args.student_seg, step_size=args.step_size,
-                                      overwrite=args.overwrite, use_mirroring=args.tta, show_progress=not args.quiet)
+    with exclusive_output(args.output, "nnunet_cmedl export-pmri"):
+        written = export_pseudo_mri_batch(model, args.input, args.output, teacher_seg=args.teacher_seg,
+                                          student_seg=args.student_seg, step_size=args.step_size,
+                                          overwrite=args.overwrite, use_mirroring=args.tta,
+                                          show_progress=not args.quiet)
     print(f"wrote {len(written)} case(s) to {args.output}")
     return 0
 

@@ -24,7 +24,8 @@ import numpy as np
 
 from nnunet_cmedl.errors import UserInputError
 from nnunet_cmedl.synthetic import phantom
-from mri_unpaired.atomic import atomic_directory, refuse_existing, refuse_foreign, write_manifest
+from mri_unpaired.atomic import (atomic_directory, exclusive_output, refuse_existing, refuse_foreign,
+                                 write_manifest)
 
 CT_CHANNEL_NAMES = {0: "CT"}
 LABELS = {"background": 0, "tumour": 1}
@@ -274,6 +275,7 @@ def make_synthetic_dataset(raw_root, dataset_id: int = 501, dataset_name: str = 
     }
 
     with ExitStack() as stack:
+        stack.enter_context(exclusive_output(dataset_folder, TOOL))
         build = stack.enter_context(atomic_directory(dataset_folder, overwrite))
         mri_build = build / mri_final.relative_to(dataset_folder) if mri_inside \
             else stack.enter_context(atomic_directory(mri_final, overwrite))
