@@ -159,12 +159,13 @@ def test_segmentations_are_label_maps_in_input_geometry(exported_3d):
 
 
 def foreground_model(models, tmp_path: Path, fraction: float = 0.3) -> Path:
-    """A copy of the tiny 3d model whose student segments about ``fraction`` of the voxels: the bias of its
-    full-resolution segmentation head is shifted so that the foreground logit wins on that share of a test case
-    (a tiny model trained for 4 iterations predicts nothing, and two empty masks agree trivially)."""
+    """A copy of the tiny 3d model whose student (on CT) and teacher (on pMRI) each segment about ``fraction`` of
+    the voxels: the bias of each full-resolution segmentation head is shifted so that the foreground logit wins on
+    that share of a test case (a tiny model trained for 4 iterations predicts nothing, and two empty masks agree
+    trivially)."""
     import re
     from nnunet_cmedl.inference import load_cmedl_model
-    from nnunet_cmedl.inference.export_pmri import make_predictor, preprocess_case
+    from nnunet_cmedl.inference.export_pmri import generate_pmri_preprocessed, make_predictor, preprocess_case
     folder = tmp_path / models["3d"].name
     shutil.copytree(models["3d"], folder)
     checkpoint_file = folder / "fold_0" / "checkpoint_final.pth"
@@ -173,14 +174,39 @@ def foreground_model(models, tmp_path: Path, fraction: float = 0.3) -> Path:
     image = sorted((models["raw_folder"] / "imagesTs").glob("*_0000.nii.gz"))[0]
     data, _, _ = preprocess_case(model, [str(image)])
     with one_torch_thread():
-        logits = make_predictor(model, model.student).predict_logits_from_preprocessed_data(
-            torch.as_tensor(data)).float()
-    margin = (logits[1] - logits[0]).numpy()
-    head = max((k for k in checkpoint["network_weights"] if re.fullmatch(r"decoder\.seg_layers\.\d+\.bias", k)),
-               key=lambda k: int(k.split(".")[2]))
-    checkpoint["network_weights"][head][1] -= float(np.quantile(margin, 1 - fraction))
+        inputs = {"network_weights": (model.student, torch.as_tensor(data)),
+                  "cmedl_teacher_weights": (model.teacher, generate_pmri_preprocessed(model, data))}
+        for key, (network, x) in inputs.items():
+            logits = make_predictor(model, network).predict_logits_from_preprocessed_data(torch.as_tensor(x)).float()
+            margin = (logits[1] - logits[0]).numpy()
+            head = max((k for k in checkpoint[key] if re.fullmatch(r"decoder\.seg_layers\.\d+\.bias", k)),
+                       key=lambda k: int(k.split(".")[2]))
+            checkpoint[key][head][1] -= float(np.quantile(margin, 1 - fraction))
     torch.save(checkpoint, checkpoint_file)
     return folder
+
+
+def test_teacher_and_student_segmentations_are_label_maps_with_foreground(models, tmp_path):
+    """Label maps in the input's geometry, with foreground where the (shifted) networks segment some: an
+    all-background segmentation, or one of the wrong network, fails."""
+    folder = foreground_model(models, tmp_path)
+    inputs = tmp_path / "in"
+    inputs.mkdir()
+    ct_file = sorted((models["raw_folder"] / "imagesTs").glob("*_0000.nii.gz"))[0]
+    shutil.copy(ct_file, inputs / ct_file.name)
+    out = tmp_path / "out"
+    run(cli("export-pmri", "-m", folder, "-i", inputs, "-o", out, "--teacher-seg", "--student-seg", "--quiet"),
+        models["env"])
+    case = ct_file.name[:-len("_0000.nii.gz")]
+    ct = sitk.ReadImage(str(ct_file))
+    segs = {}
+    for who in ("teacher", "student"):
+        seg = sitk.ReadImage(str(out / f"{case}_{who}_seg.nii.gz"))
+        assert_same_geometry(seg, ct)
+        segs[who] = sitk.GetArrayFromImage(seg)
+        assert set(np.unique(segs[who]).tolist()) == {0, 1}, who
+        assert 0.05 < (segs[who] == 1).mean() < 0.95, (who, (segs[who] == 1).mean())
+    assert not np.array_equal(segs["teacher"], segs["student"])  # two networks, two inputs
 
 
 def test_student_seg_equals_stock_predict(models, tmp_path):

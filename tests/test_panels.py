@@ -105,3 +105,33 @@ def test_missing_reference_names_the_file(models, tmp_path, capsys):
     missing = sorted(p.name for p in (raw / "labelsTs").glob("*.nii.gz"))[1]
     assert len(lines) == 1 and str(labels / missing) in lines[0]
     assert not (tmp_path / "out").exists()
+
+
+def test_hand_built_case_gives_the_known_slice_area_and_dice(models, tmp_path):
+    """A case whose answers are known without the code under test: the reference has 36 voxels on slice 5 and 9 on
+    slice 2, the student's prediction 18 of the 36: slice 5, area 36, student Dice 2 * 18 / (45 + 18) = 4 / 7."""
+    from nnunet_cmedl.evaluation.panels import make_case_panels
+    from nnunet_cmedl.inference import load_cmedl_model
+    ct_file = sorted((models["raw_folder"] / "imagesTs").glob("*_0000.nii.gz"))[0]
+    ct = sitk.ReadImage(str(ct_file))
+    for sub in ("images", "labels", "student"):
+        (tmp_path / sub).mkdir()
+    shutil.copy(ct_file, tmp_path / "images" / "hand_0000.nii.gz")
+    shape = sitk.GetArrayViewFromImage(ct).shape
+    reference, student = np.zeros(shape, np.uint8), np.zeros(shape, np.uint8)
+    reference[5, 20:26, 30:36] = 1
+    reference[2, 10:13, 10:13] = 1
+    student[5, 20:23, 30:36] = 1
+    for folder, array in (("labels", reference), ("student", student)):
+        image = sitk.GetImageFromArray(array)
+        image.CopyInformation(ct)
+        sitk.WriteImage(image, str(tmp_path / folder / "hand.nii.gz"))
+    with one_torch_thread():
+        pngs = make_case_panels(load_cmedl_model(models["3d"]), tmp_path / "images", tmp_path / "labels",
+                                tmp_path / "out", student_pred_folder=tmp_path / "student")
+    assert [p.name for p in pngs] == ["hand.png"]
+    entry = json.loads((tmp_path / "out" / "index.json").read_text())["panels"][0]
+    assert (entry["case"], entry["slice"], entry["reference_area_voxels"], entry["num_slices"]) == \
+        ("hand", 5, 36, shape[0])
+    assert entry["dice_student"] == pytest.approx(4 / 7) and entry["student_source"] == "--student-pred"
+    assert entry["reference_empty"] is False
