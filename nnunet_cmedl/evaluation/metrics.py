@@ -9,7 +9,7 @@ Python API
 ``evaluate_folders(ref_folder, pred_folder, labels=None, tolerance_mm=2.0, file_ending='.nii.gz', ...)``
     every case and label of a prediction folder; returns the dict that ``nnunet_cmedl evaluate`` writes as JSON.
 
-Definitions (also in ``DEFINITIONS`` / the JSON's "definitions" section and in ``--help``)
+Definitions (also in ``definitions(tolerance_mm)`` / the JSON's "definitions" section and in ``--help``)
 -------------------------------------------------------------------------------------------
 * DSC = 2|R ∩ P| / (|R| + |P|), voxel counts of the label in the reference R and the prediction P.
 * Surfaces come from MONAI (``monai.metrics.utils.get_edge_surface_distance(..., use_subvoxels=True)``), which
@@ -147,8 +147,6 @@ def definitions(tolerance_mm: float) -> Dict[str, str]:
                            "surface-distance defines them (nnunet_cmedl.evaluation.metrics)."),
     }
 
-
-DEFINITIONS = definitions(2.0)
 
 HELP_DEFINITIONS = """\
 metric definitions (R reference mask, P predicted mask of one label; distances in mm from the header spacing):

@@ -10,12 +10,10 @@ import json
 from pathlib import Path
 from typing import Dict
 
-import numpy as np
 from scipy import ndimage
 
 from nnunet_cmedl.errors import UserInputError
-from nnunet_cmedl.evaluation.statistics import paired_wilcoxon
-from nnunet_cmedl.evaluation.metrics import check_geometry, mask_metrics, read_label_image, summarize
+from nnunet_cmedl.evaluation.metrics import check_geometry, mask_metrics, read_label_image
 
 PER_TUMOUR_METRICS = ("dsc", "sdsc", "hd95", "recall")
 
@@ -58,32 +56,3 @@ def tumour_rows(labels_folder, predictions: Dict[str, Path], metadata: dict, tol
     if not rows:
         raise UserInputError(f"{labels_folder}: no test tumour of phantom_metadata.json found there")
     return rows
-
-
-def summarize_by_difficulty(rows: list, baseline: str = None) -> dict:
-    """Per difficulty and method: summaries of every metric; and per method vs ``baseline``: paired Wilcoxon."""
-    methods = list(dict.fromkeys(r["method"] for r in rows))
-    baseline = baseline or methods[0]
-    out = {}
-    for difficulty in ("hard", "easy", "all"):
-        sel = [r for r in rows if difficulty == "all" or r["difficulty"] == difficulty]
-        if not sel:
-            continue
-        by_method = {m: [r for r in sel if r["method"] == m] for m in methods}
-        entry = {"n_tumours": len(by_method[baseline]),
-                 "methods": {m: {k: summarize([r[k] for r in rs]) for k in PER_TUMOUR_METRICS}
-                             for m, rs in by_method.items()},
-                 "tests_vs_" + baseline: {}}
-        for m in methods:
-            if m == baseline:
-                continue
-            tests = {}
-            for k in PER_TUMOUR_METRICS:
-                a = np.array([r[k] for r in by_method[m]], dtype=float)
-                b = np.array([r[k] for r in by_method[baseline]], dtype=float)
-                ok = ~(np.isnan(a) | np.isnan(b))
-                tests[k] = {"mean_difference": float(np.mean(a[ok] - b[ok])) if ok.any() else float("nan"),
-                            **paired_wilcoxon(a[ok], b[ok])}
-            entry["tests_vs_" + baseline][m] = tests
-        out[difficulty] = entry
-    return out
