@@ -19,7 +19,6 @@ import torch
 from nnunet_cmedl.errors import UserInputError
 from nnunet_cmedl.evaluation import report
 from nnunet_cmedl.evaluation.report import write_report
-from nnunet_cmedl.evaluation.tables import fmt
 
 REPO = Path(__file__).resolve().parents[1]
 TRAINER_SOURCE = REPO / "nnunet_cmedl" / "training" / "nnUNetTrainerCMEDL.py"
@@ -27,6 +26,11 @@ STOCK_KEYS = ("train_losses", "val_losses", "mean_fg_dice", "ema_fg_dice", "lrs"
 PNG_1PX = base64.b64decode("iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mP8z8DwHwAFBQIAX8jx0gAAAAB"
                            "JRU5ErkJggg==")
 DATA_URI = re.compile(r'<img src="data:image/png;base64,([A-Za-z0-9+/=]+)"')
+
+
+def escaped(s):
+    """s as the page writes text: HTML-escaped by Jinja2's autoescaping (markupsafe)."""
+    return s.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;").replace('"', "&#34;").replace("'", "&#39;")
 
 
 def cmedl_log_keys():
@@ -46,7 +50,7 @@ def cli(*args):
 
 
 def logging_dict(epochs=3, cmedl=True):
-    rng = np.random.default_rng(0)
+    """Stock values as nnU-Net logs them; the j-th CMEDL value (0-based, in cmedl_log_keys order) ends at j + 1.25."""
     log = {"train_losses": [-0.1 * i for i in range(epochs)], "val_losses": [-0.05 * i for i in range(epochs)],
            "mean_fg_dice": [0.2 * i for i in range(epochs)], "ema_fg_dice": [0.1 * i for i in range(epochs)],
            "dice_per_class_or_region": [[0.2 * i, 0.3 * i] for i in range(epochs)],
@@ -54,8 +58,8 @@ def logging_dict(epochs=3, cmedl=True):
            "epoch_start_timestamps": [1.7e9 + 100 * i for i in range(epochs)],
            "epoch_end_timestamps": [1.7e9 + 100 * i + 90 for i in range(epochs)]}
     if cmedl:
-        for k in cmedl_log_keys():
-            log[k] = [float(v) for v in rng.uniform(0.1, 2.0, epochs)]
+        for j, k in enumerate(cmedl_log_keys()):
+            log[k] = [j + 1.25 + 0.5 * (epochs - 1 - i) for i in range(epochs)]
     return log
 
 
@@ -118,7 +122,7 @@ def genuine_jsons(tmp_path_factory):
     for name in ("case_1.png", "case_0.png"):
         (panels / name).write_bytes(PNG_1PX)
     (panels / "index.json").write_text(json.dumps({"case_0.png": "case 0: CT, pMRI, contours",
-                                                   "case_1.png": {"caption": "case 1 & <teacher>"}}))
+                                                   "case_1.png": "case 1 & <teacher>"}))
     return {"root": root, "eval_a": root / "eval_a.json", "eval_b": root / "eval_b.json", "cmp": root / "cmp.json",
             "panels": panels}
 
@@ -127,13 +131,19 @@ def _images(text):
     return DATA_URI.findall(text)
 
 
+def _rows(text, start):
+    """The table rows (their HTML after <tr>, whitespace between tags removed) that start with start, in page order."""
+    rows = re.sub(r">\s+<", "><", text).split("<tr>")
+    return [r[:r.index("</tr>") + len("</tr>")] for r in rows if r.startswith(start)]
+
+
 def test_full_report(tmp_path, genuine_jsons):
     g = genuine_jsons
     model = make_model_folder(tmp_path)
     out = tmp_path / "out" / "report.html"
     # in-process through main(argv) (a subprocess would import torch and warm matplotlib up once more)
     assert report.main(["-m", str(model), "-f", "0", "--metrics", str(g["eval_a"]), str(g["eval_b"]),
-                        "--comparison", str(g["cmp"]), "--panels", str(g["panels"]), "--title", "My CMEDL run",
+                        "--comparison", str(g["cmp"]), "--panels", str(g["panels"]), "--title", "My <CMEDL> run & co",
                         "-o", str(out)]) == 0
     text = out.read_text(encoding="utf-8")
 
@@ -147,47 +157,80 @@ def test_full_report(tmp_path, genuine_jsons):
     assert "epoch_0010.png (the latest of 3 snapshot(s)" in text
 
     # header
-    for s in ("My CMEDL run", "Dataset990_TinyThorax", "nnUNetTrainerCMEDL", "3d_fullres", "checkpoint_final.pth",
+    assert "<title>My &lt;CMEDL&gt; run &amp; co</title>" in text and "<h1>My &lt;CMEDL&gt; run &amp; co</h1>" in text
+    for s in ("Dataset990_TinyThorax", "nnUNetTrainerCMEDL", "3d_fullres", "checkpoint_final.pth",
               "nnUNetPlans", str(model.resolve())):
         assert s in text, s
     assert re.search(r"<th>epochs trained</th><td>3 ", text)
     assert "lambda_cycle" in text and "unrelated" not in text  # hyperparameters from debug.json
     assert "CMEDL curves are absent" not in text
 
-    # every CMEDL loss and stock curve named, with its last value
-    log = logging_dict(3)
-    for k in cmedl_log_keys() + list(STOCK_KEYS):
-        assert f"<code>{k}</code>" in text, k
-        assert fmt(log[k][-1], 4) in text
-    assert "<code>dice_per_class_or_region[1]</code><td>student: pseudo Dice of label 2 (heart) (val)" in \
-        text.replace("</td>", "")
+    # every logged value named, with its last value (see logging_dict) and the unrounded one as its tooltip
+    for j, k in enumerate(cmedl_log_keys()):
+        assert _rows(text, f"<td><code>{k}</code></td>")[0].endswith(
+            f'<td class="num" title="{j + 1}.25">{j + 1}.2500</td><td class="num">{j + 1}.2500</td>'
+            f'<td class="num">{j + 2}.2500</td></tr>'), k
+    last = {"train_losses": 'title="-0.2">-0.2000<', "val_losses": 'title="-0.1">-0.1000<',
+            "mean_fg_dice": 'title="0.4">0.4000<', "ema_fg_dice": 'title="0.2">0.2000<',
+            "lrs": '">0.0037<',  # 0.01 * (1/3) ** 0.9
+            "dice_per_class_or_region[1]": 'title="0.6">0.6000<'}
+    for k, cell in last.items():
+        assert cell in _rows(text, f"<td><code>{k}</code></td>")[0], k
+    assert _rows(text, "<td><code>dice_per_class_or_region[1]</code></td>")[0].startswith(
+        "<td><code>dice_per_class_or_region[1]</code></td><td>student: pseudo Dice of label 2 (heart) (val)</td>"
+        '<td class="num">3</td><td class="num">3</td><td class="num" title="0.0">0.0000</td>')
 
-    # metric tables: aggregates (per label and per group) and per case, as the JSON has them
-    for path in (g["eval_a"], g["eval_b"]):
-        res = json.loads(path.read_text())
-        for k, agg in res["aggregates"].items():
-            for m in ("dsc", "sdsc"):
-                assert f">{fmt(agg[m]['mean'])} ± {fmt(agg[m]['sd'])}<" in text
-                assert f">{fmt(agg[m]['median'])}<" in text
-        for grp, aggs in res["group_aggregates"].items():
-            assert f"<td>{grp}</td>" in text
-            for agg in aggs.values():
-                assert fmt(agg["dsc"]["mean"]) in text
-        for row in res["per_case"]:
-            assert f'title="{float(row["dsc"])!r}">{fmt(row["dsc"])}<' in text
-    res_b = json.loads(g["eval_b"].read_text())
-    assert res_b["aggregates"]["1"]["hd95"]["n_nan"] == 1  # the empty prediction
-    assert "<details><summary>Per case (4 rows)</summary>" in text
+    # metric tables, values worked out from the masks of genuine_jsons: the reference is a 3x6x6 box (108 voxels);
+    # method a finds all of it (cases 0, 2) or 3x5x6 = 90 voxels of it (cases 1, 3: DSC 180/198 = 10/11), method b
+    # covers it with 4x7x6, 4x8x6, 4x9x6 voxels (DSC 216/276, 216/300, 216/324) and predicts nothing for case_3
+    dsc = {"case_0": ("1.0", "1.000", "0.782608695652174", "0.783"), "case_1": ("0.9090909090909091", "0.909",
+                                                                             "0.72", "0.720"),
+           "case_2": ("1.0", "1.000", "0.6666666666666666", "0.667"), "case_3": ("0.9090909090909091", "0.909",
+                                                                                 "0.0", "0.000")}
+    for case, (exact_a, shown_a, exact_b, shown_b) in dsc.items():
+        group = "hard" if case in ("case_0", "case_1") else "easy"
+        row_a, row_b = _rows(text, f"<td>{case}</td>")  # in the per-case tables of eval_a.json, then eval_b.json
+        for row, exact, shown in ((row_a, exact_a, shown_a), (row_b, exact_b, shown_b)):
+            assert row.startswith(f'<td>{case}</td><td>{group}</td><td>1</td><td>label_1</td>'
+                                  f'<td class="num" title="{exact}">{shown}</td>'), row
+    _, row_b = _rows(text, "<td>case_3</td>")  # b's empty prediction: HD95 undefined
+    assert '<td class="num">nan</td><td>yes</td><td class="num">108</td><td class="num">0</td></tr>' in row_b
+    assert text.count("<details><summary>Per case (4 rows)</summary>") == 2
 
-    # comparison: p-values, mean differences, better method, notes verbatim
+    def untitled(row):
+        return re.sub(r' title="[^"]*"', "", row)
+    # per label over the 4 cases: DSC mean ± sd (n - 1) and median; b's HD95 has n 3 and n_nan 1 (case_3)
+    agg_a, agg_b = map(untitled, _rows(text, "<td>1</td><td>label_1</td>"))
+    assert agg_a.startswith('<td>1</td><td>label_1</td><td class="num">0.955 ± 0.052</td><td class="num">0.955</td>'
+                            '<td class="num">4</td><td class="num">0</td>')
+    assert agg_b.startswith('<td>1</td><td>label_1</td><td class="num">0.542 ± 0.365</td><td class="num">0.693</td>'
+                            '<td class="num">4</td><td class="num">0</td>')
+    assert agg_b.endswith('<td class="num">3</td><td class="num">1</td></tr>')
+    # per case group (hard: case_0, case_1; easy: case_2, case_3)
+    groups = {"hard": ("0.955 ± 0.064", "0.751 ± 0.044"), "easy": ("0.955 ± 0.064", "0.333 ± 0.471")}
+    for group, (a, b) in groups.items():
+        row_a, row_b = map(untitled, _rows(text, f"<td>{group}</td><td>1</td><td>label_1</td>"))
+        assert row_a.startswith(f'<td>{group}</td><td>1</td><td>label_1</td><td class="num">{a}</td>')
+        assert row_b.startswith(f'<td>{group}</td><td>1</td><td>label_1</td><td class="num">{b}</td>')
+
+    # comparison: a beats b on the DSC of all 4 cases: exact two-sided Wilcoxon p = 2 / 2^4 = 0.125 (hard, 2 cases:
+    # 2 / 2^2 = 0.5); mean difference 21/22 - 0.542 = 0.412 (hard: 0.955 - 0.751 = 0.203); not below alpha 0.001
+    assert "<h3>cmedl vs nnunet</h3>" in text and "<th>p &lt; 0.001</th>" in text
+    (row,) = _rows(text, "<td>all</td><td>1 label_1</td><td>DSC</td>")
+    assert untitled(row).startswith('<td>all</td><td>1 label_1</td><td>DSC</td><td class="num">4</td>'
+                                    '<td class="num">0</td><td class="num">0.955</td><td class="num">0.542</td>'
+                                    '<td class="num">0.412</td><td class="num">0.1250</td><td>no</td><td>cmedl</td>'
+                                    '<td>4 / 0 / 0</td>')
+    assert 'title="0.125">0.1250<' in row
+    (row,) = _rows(text, "<td>hard</td><td>1 label_1</td><td>DSC</td>")
+    assert untitled(row).startswith('<td>hard</td><td>1 label_1</td><td>DSC</td><td class="num">2</td>'
+                                    '<td class="num">0</td><td class="num">0.955</td><td class="num">0.751</td>'
+                                    '<td class="num">0.203</td><td class="num">0.5000</td><td>no</td><td>cmedl</td>'
+                                    '<td>2 / 0 / 0</td>')
     cmp = json.loads(g["cmp"].read_text())
     assert len(cmp["tests"]) == 9
-    for t in cmp["tests"]:
-        assert f'title="{float(t["p_value"])!r}">{fmt(t["p_value"], 4)}<' in text
-        assert f'title="{float(t["mean_diff"])!r}">{fmt(t["mean_diff"])}<' in text
-        assert t["note"]
-        assert f"<td>{report.esc(t['note'])}</td>" in text
-    assert "<h3>cmedl vs nnunet</h3>" in text and "<td>cmedl</td>" in text
+    for t in cmp["tests"]:  # notes verbatim
+        assert t["note"] and f"<td>{escaped(t['note'])}</td>" in text
 
     # panels with captions from index.json (escaped), sorted by file name
     assert "case_0.png: case 0: CT, pMRI, contours" in text
@@ -196,7 +239,7 @@ def test_full_report(tmp_path, genuine_jsons):
 
     # definitions copied from the metrics JSON, plus the comparison's
     for k, v in json.loads(g["eval_a"].read_text())["definitions"].items():
-        assert f"<dt>{k}</dt><dd>{report.esc(v)}</dd>" in text
+        assert f"<dt>{k}</dt><dd>{escaped(v)}</dd>" in text
     assert "<dt>wilcoxon</dt>" in text
 
 
@@ -303,30 +346,45 @@ def test_refuses_existing_output(tmp_path):
 def test_panel_index_formats(tmp_path):
     panels = tmp_path / "p"
     (panels / "sub").mkdir(parents=True)
-    (panels / "b.png").write_bytes(PNG_1PX)
-    (panels / "sub" / "a.png").write_bytes(PNG_1PX)
+    for name in ("b.png", "c.png", "sub/a.png"):
+        (panels / name).write_bytes(PNG_1PX)
     (panels / "broken.png").write_bytes(b"not a png")
-    (panels / "index.json").write_text(json.dumps({"panels": [{"file": "b.png", "title": "bee"},
-                                                              {"png": str(panels / "sub" / "a.png"),
-                                                               "caption": "ay"}]}))
-    p = report.load_panels(panels)
-    assert [(i["name"], i["caption"]) for i in p["items"]] == [("b.png", "bee"), ("sub/a.png", "ay")]
-    assert p["skipped"] == ["broken.png"]
-    # the index.json of `nnunet_cmedl panels`: no caption key, captions made from its fields
+    # the index.json of `nnunet_cmedl panels` (panels.make_case_panels): no caption, captions made of the fields
     (panels / "index.json").write_text(json.dumps({
+        "model_folder": "/m", "checkpoint": "/m/fold_0/checkpoint_final.pth", "configuration": "3d_fullres",
+        "ct_window": {"width": 400.0, "level": 40.0, "name": "mediastinal"},
+        "slice_rule": "argmax over axis 0 of the reference foreground area (middle slice if empty)",
         "contours": {"reference": "green", "student": "red", "teacher": "blue"},
-        "ct_window": {"width": 350, "level": 40, "name": "mediastinal"}, "slice_rule": "largest reference area",
-        "panels": [{"case": "b", "png": "b.png", "slice": 7, "axis": 0, "num_slices": 16, "dice_student": 0.8125,
-                    "dice_teacher": None, "student_source": "computed", "mri_file": "/x/mri_3.nii.gz",
-                    "mri_slice": 5, "reference_empty": False}]}))
+        "panels": [{"case": "b", "png": "b.png", "slice": 7, "axis": 0, "num_slices": 16, "reference_area_voxels": 30,
+                    "reference_empty": False, "student_source": "computed", "student_file": None,
+                    "dice_student": 0.8125, "dice_teacher": None, "mri_file": "/x/mri_3.nii.gz", "mri_slice": 5,
+                    "image_files": ["/ct/b_0000.nii.gz"]},
+                   {"case": "c", "png": "c.png", "slice": 4, "axis": 0, "num_slices": 9, "reference_area_voxels": 0,
+                    "reference_empty": True, "student_source": "--student-pred", "student_file": "/pred/c.nii.gz",
+                    "dice_student": 1.0, "dice_teacher": 0.5, "mri_file": None, "mri_slice": None,
+                    "image_files": ["/ct/c_0000.nii.gz"]}]}))
     p = report.load_panels(panels)
-    assert p["items"][0]["caption"] == ("case b; slice 7 of 16 (axis 0); Dice student 0.812, teacher nan; student "
-                                        "segmentation: computed; MRI mri_3.nii.gz slice 5")
-    assert p["items"][1]["caption"] is None and p["note"] is None
+    assert [(i["name"], i["caption"]) for i in p["items"]] == [
+        ("b.png", "case b; slice 7 of 16 (axis 0); Dice student 0.812, teacher nan; student segmentation: computed; "
+                  "MRI mri_3.nii.gz slice 5"),
+        ("c.png", "case c; slice 4 of 9 (axis 0); empty reference; Dice student 1.000, teacher 0.500; student "
+                  "segmentation: --student-pred"),
+        ("sub/a.png", None)]
+    assert p["skipped"] == ["broken.png"] and p["note"] is None and p["index"] == "index.json"
     assert p["description"] == ("contours: reference green, student red, teacher blue; CT window mediastinal "
-                                "(width 350, level 40); slice: largest reference area")
-    (panels / "index.json").write_text("[1, 2]")
-    assert report.load_panels(panels)["note"]
+                                "(width 400.0, level 40.0); slice: argmax over axis 0 of the reference foreground "
+                                "area (middle slice if empty)")
+    # a plain {file: caption}, file relative to the folder
+    (panels / "index.json").write_text(json.dumps({"b.png": "bee", "sub/a.png": "ay"}))
+    p = report.load_panels(panels)
+    assert [(i["name"], i["caption"]) for i in p["items"]] == [("b.png", "bee"), ("c.png", None), ("sub/a.png", "ay")]
+    assert p["note"] is None and p["description"] is None
+    # anything else gives no caption, and a note saying so
+    for other in ([{"file": "b.png", "caption": "bee"}], {"images": [{"file": "b.png", "caption": "bee"}]}):
+        (panels / "index.json").write_text(json.dumps(other))
+        p = report.load_panels(panels)
+        assert [i["caption"] for i in p["items"]] == [None, None, None]
+        assert p["note"].startswith("index.json: no captions found in it")
     (panels / "index.json").write_text("{")
     with pytest.raises(UserInputError, match="index.json"):
         report.load_panels(panels)

@@ -4,9 +4,13 @@ The page has, in order: a header (dataset, trainer, configuration, fold, checkpo
 hyperparameters when nnU-Net's ``debug.json`` has them), the training curves of every logged loss (drawn here from
 the checkpoint's logging dict, plus nnU-Net's ``progress.png``, our ``progress_cmedl.png`` and the latest
 ``cmedl_snapshots/*.png``), the metric tables of ``nnunet_cmedl evaluate`` JSONs, the method comparison of an
-``nnunet_cmedl compare`` JSON, case panels (PNG folder, captions from its ``index.json``) and the metric definitions
-copied from the JSONs. Images are embedded as base64 PNG data URIs and the CSS is inline: the file can be mailed or
-archived on its own (no script, no external resource).
+``nnunet_cmedl compare`` JSON, case panels (PNG folder, captions from the ``index.json`` of ``nnunet_cmedl panels``)
+and the metric definitions copied from the JSONs. Images are embedded as base64 PNG data URIs and the CSS is inline:
+the file can be mailed or archived on its own (no script, no external resource).
+
+This module gathers the data (checkpoint, JSONs, PNG bytes) into plain dicts and lists; the Jinja2 templates in
+``templates/`` (``report.html``, its macros in ``macros.html``, the CSS in ``report.css``) lay them out, with
+autoescaping on.
 
 Python API: ``write_report(model_folder, output_html, fold=0, metrics=(), comparison=None, panels=None, title=None,
 overwrite=False) -> Path``.
@@ -15,7 +19,7 @@ from __future__ import annotations
 
 import argparse
 import base64
-import html
+import functools
 import io
 import json
 import math
@@ -25,6 +29,8 @@ import sys
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple, Union
+
+import jinja2
 
 from nnunet_cmedl.checkpoint_io import TRUST_FLAG, load_checkpoint
 from nnunet_cmedl.errors import UserInputError
@@ -36,6 +42,8 @@ EVALUATE_TOOL = "nnunet_cmedl evaluate"
 COMPARE_TOOL = "nnunet_cmedl compare"
 METRICS = ("dsc", "sdsc", "hd95")
 METRIC_TITLES = {"dsc": "DSC", "sdsc": "sDSC", "hd95": "HD95 (mm)"}
+TEMPLATE = "report.html"
+PANELS_INDEX = "index.json"  # written by nnunet_cmedl panels (panels.INDEX_NAME)
 
 # what each logged curve is (nnU-Net's stock keys, then nnUNetTrainerCMEDL's)
 CURVE_DESCRIPTIONS = {
@@ -70,22 +78,6 @@ HYPERPARAMETERS = ("num_epochs", "num_iterations_per_epoch", "num_val_iterations
                    "discriminator_layers", "mri_num_channels", "grad_clip_norm", "save_snapshot_every")
 NOT_CURVES = ("epoch_start_timestamps", "epoch_end_timestamps")
 
-CSS = """
-body{font-family:-apple-system,Segoe UI,Helvetica,Arial,sans-serif;margin:24px auto;max-width:1400px;color:#222;
-line-height:1.4;padding:0 16px}
-h1{font-size:1.6em;margin-bottom:4px}h2{border-bottom:2px solid #ccd;padding-bottom:3px;margin-top:36px}
-h3{margin-top:22px}table{border-collapse:collapse;margin:8px 0 14px;font-size:0.9em}
-th,td{border:1px solid #ccc;padding:3px 8px;text-align:left;vertical-align:top}
-th{background:#eef0f6}tr:nth-child(even) td{background:#fafafc}
-td.num{text-align:right;font-variant-numeric:tabular-nums}
-table.kv th{width:220px}img{max-width:100%;border:1px solid #ddd;margin:4px 0}
-figure{margin:10px 0 22px}figcaption{font-size:0.9em;color:#444}.note{color:#7a4b00;background:#fff6e0;
-padding:6px 10px;border-left:4px solid #e0a000;margin:8px 0}.absent{color:#666;font-style:italic}
-details{margin:8px 0}summary{cursor:pointer;font-weight:600}code{background:#f2f2f5;padding:0 3px}
-dl dt{font-weight:600;margin-top:6px}dl dd{margin-left:18px}td.sig{font-weight:700}
-nav a{margin-right:14px}
-"""
-
 
 # ---------------------------------------------------------------------------------------------------- formatting
 
@@ -119,51 +111,13 @@ def fmt_mean_sd(mean, sd) -> str:
     return fmt(m) if math.isnan(s) else f"{fmt(m)} ± {fmt(s)}"
 
 
-def esc(x) -> str:
-    return html.escape("" if x is None else str(x))
-
-
-class _Cell(str):
-    """A ready-made <td> (other table cells are plain text and get escaped)."""
-
-
-def _num_cell(text: str, exact=None, cls: str = "num") -> str:
-    title = ""
-    if exact is not None and not isinstance(exact, (bool, str)):
-        title = f' title="{esc(repr(_float(exact)))}"'
-    return _Cell(f'<td class="{cls}"{title}>{esc(text)}</td>')
-
-
-def _table(headers: Sequence[str], rows: Sequence[Sequence[str]], cls: str = "") -> str:
-    """rows: lists of _Cell (ready-made <td>) or plain strings (escaped here)."""
-    head = "".join(f"<th>{esc(h)}</th>" for h in headers)
-    body = []
-    for r in rows:
-        cells = "".join(c if isinstance(c, _Cell) else f"<td>{esc(c)}</td>" for c in r)
-        body.append(f"<tr>{cells}</tr>")
-    return f'<table{f" class={chr(34)}{cls}{chr(34)}" if cls else ""}><tr>{head}</tr>{"".join(body)}</table>'
-
-
-def _kv_table(items: Sequence[Tuple[str, str]]) -> str:
-    rows = "".join(f"<tr><th>{esc(k)}</th><td>{esc(v)}</td></tr>" for k, v in items)
-    return f'<table class="kv">{rows}</table>'
-
-
-def _absent(text: str) -> str:
-    return f'<p class="absent">{esc(text)}</p>'
-
-
-def _note(text: str) -> str:
-    return f'<p class="note">{esc(text)}</p>'
+def tooltip(x) -> Optional[str]:
+    """The unrounded value shown over a number cell (repr of the float); None (no tooltip) for null/bool/text."""
+    return None if x is None or isinstance(x, (bool, str)) else repr(_float(x))
 
 
 def png_data_uri(data: bytes) -> str:
     return "data:image/png;base64," + base64.b64encode(data).decode("ascii")
-
-
-def _img(data: bytes, alt: str, caption: str = "") -> str:
-    cap = f"<figcaption>{esc(caption)}</figcaption>" if caption else ""
-    return f'<figure><img src="{png_data_uri(data)}" alt="{esc(alt)}">{cap}</figure>'
 
 
 def _read_png(path: Path) -> Optional[bytes]:
@@ -483,50 +437,18 @@ def _index_description(index) -> Optional[str]:
     return "; ".join(parts) if parts else None
 
 
-def _caption_index(index, folder: Path) -> Dict[str, str]:
-    """Captions from index.json: {file: caption}, {file: {caption|title: ...}}, or a list of
-    {file|png|path|filename|image: ..., caption|title|description: ...} (also under a 'panels'/'images' key)."""
-    if isinstance(index, dict):
-        for k in ("panels", "images", "files", "cases"):
-            if isinstance(index.get(k), list):
-                index = index[k]
-                break
-    out: Dict[str, str] = {}
-
-    def caption_of(v) -> Optional[str]:
-        if isinstance(v, str):
-            return v
-        if isinstance(v, dict):
-            for k in ("caption", "title", "description", "label"):
-                if isinstance(v.get(k), str):
-                    return v[k]
-            return _panel_entry_caption(v)
-        return None
-
-    if isinstance(index, dict):
-        for k, v in index.items():
-            c = caption_of(v)
-            if c is not None:
-                out[str(k)] = c
-    elif isinstance(index, list):
-        for v in index:
-            if not isinstance(v, dict):
-                continue
-            name = next((v[k] for k in ("file", "png", "path", "filename", "image", "name")
-                         if isinstance(v.get(k), str)), None)
-            c = caption_of(v)
-            if name is not None and c is not None:
-                out[name] = c
-    normalized = {}
-    for k, c in out.items():
-        p = Path(k)
-        try:
-            rel = (p.relative_to(folder) if p.is_absolute() else p).as_posix()
-        except ValueError:
-            rel = p.name
-        normalized[rel] = c
-        normalized.setdefault(p.name, c)
-    return normalized
+def _caption_index(index) -> Dict[str, str]:
+    """Captions by PNG file name (relative to the panels folder) from index.json: the index of ``nnunet_cmedl
+    panels`` (``{"panels": [{"png": name, "case": ..., "slice": ..., ...}], ...}``, captions made of each entry's
+    fields), or a plain ``{file: caption}``."""
+    if isinstance(index, dict) and isinstance(index.get("panels"), list):
+        captions = {e["png"]: _panel_entry_caption(e) for e in index["panels"]
+                    if isinstance(e, dict) and isinstance(e.get("png"), str)}
+    elif isinstance(index, dict):
+        captions = {str(k): v for k, v in index.items()}
+    else:
+        return {}
+    return {k: c for k, c in captions.items() if isinstance(c, str)}
 
 
 def load_panels(folder) -> dict:
@@ -534,17 +456,17 @@ def load_panels(folder) -> dict:
     folder = Path(folder)
     if not folder.is_dir():
         raise UserInputError(f"{folder}: panels folder does not exist or is not a folder")
-    index_path = folder / "index.json"
+    index_path = folder / PANELS_INDEX
     captions: Dict[str, str] = {}
     note = description = None
     if index_path.is_file():
         from nnunet_cmedl.evaluation.tables import read_json
         index = read_json(index_path, "panels index.json")
-        captions = _caption_index(index, folder)
+        captions = _caption_index(index)
         description = _index_description(index)
         if not captions:
-            note = f"{index_path.name}: no captions found in it (expected {{file: caption}} or a list of " \
-                   "{file, caption} entries); panels shown with their file names"
+            note = f"{index_path.name}: no captions found in it (expected the index.json of 'nnunet_cmedl panels' " \
+                   "or {file: caption}); panels shown with their file names"
     items, skipped = [], []
     for p in sorted((p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() == ".png"),
                     key=lambda p: p.relative_to(folder).as_posix()):
@@ -553,16 +475,17 @@ def load_panels(folder) -> dict:
         if data is None:
             skipped.append(rel)
             continue
-        items.append({"name": rel, "data": data, "caption": captions.get(rel, captions.get(p.name))})
+        items.append({"name": rel, "data": data, "caption": captions.get(rel)})
     return {"folder": folder.resolve(), "items": items, "skipped": skipped, "note": note, "description": description,
             "index": index_path.name if index_path.is_file() else None}
 
 
-# ---------------------------------------------------------------------------------------------------- sections
+# ---------------------------------------------------------------------------------------------------- page sections
+# Each returns the plain data its template block lays out (report.html); texts and numbers are escaped there.
 
-def _header_section(model: dict, title: str) -> str:
+def _header(model: dict) -> dict:
     epochs = model["current_epoch"]
-    items = [
+    facts = [
         ("dataset", model["dataset_name"]),
         ("model folder", str(model["model_folder"])),
         ("trainer", model["trainer_name"]),
@@ -578,224 +501,140 @@ def _header_section(model: dict, title: str) -> str:
          "no (no cmedl_* values in the logging)"),
         ("report written", datetime.now(timezone.utc).astimezone().isoformat(sep=" ", timespec="seconds")),
     ]
-    out = [f"<h1>{esc(title)}</h1>", _kv_table(items)]
-    hp = list(model["hyperparameters"])
-    if model["i2i_kwargs"]:
-        hp += [(f"i2i: {k}", str(v)) for k, v in model["i2i_kwargs"].items()]
-    if hp:
-        out.append("<details><summary>Hyperparameters (fold folder's debug.json and the checkpoint)</summary>"
-                   + _kv_table(hp) + "</details>")
-    else:
-        out.append(_absent("Hyperparameters: not available (no debug.json in the fold folder)."))
-    return "\n".join(out)
+    hp = list(model["hyperparameters"]) + [(f"i2i: {k}", str(v)) for k, v in (model["i2i_kwargs"] or {}).items()]
+    return {"facts": facts, "hyperparameters": hp}
 
 
-def _curves_section(model: dict) -> str:
-    logging = model["logging"]
-    out = ['<h2 id="curves">Training curves</h2>']
-    if not model["is_cmedl"]:
-        out.append(_note(f"The CMEDL curves are absent: this checkpoint's logging has no cmedl_* values, so the model "
-                         f"is not a CMEDL model (trainer {model['trainer_name']}); only nnU-Net's own curves are "
-                         "shown."))
-    out.append(_img(plot_curves(logging, model["is_cmedl"], model["class_names"]), "training curves",
-                    f"Every per-epoch value in the logging of {model['checkpoint'].name}."))
-    curves = curves_from_logging(logging)
+def _curves(model: dict) -> dict:
+    """The curves figure, a row per logged value (first / last / min / max) and the PNGs of the fold folder."""
+    nan, names = float("nan"), model["class_names"]
     rows = []
-    for key, values in curves.items():
+    for key, values in curves_from_logging(model["logging"]).items():
         finite = [v for v in values if not math.isnan(v)]
         base = key.split("[")[0]
-        desc = CURVE_DESCRIPTIONS.get(base, "")
+        what = CURVE_DESCRIPTIONS.get(base, "")
         if base == "dice_per_class_or_region":
             i = int(key[len(base) + 1:-1])
-            names = model["class_names"]
-            desc = f"student: pseudo Dice of {names[i] if names and i < len(names) else f'class / region {i}'} (val)"
-        last = values[-1] if values else float("nan")
-        rows.append([_Cell(f"<td><code>{esc(key)}</code></td>"), desc, _num_cell(str(len(values))),
-                     _num_cell(str(len(finite))), _num_cell(fmt(values[0] if values else float("nan"), 4),
-                                                            values[0] if values else None),
-                     _num_cell(fmt(last, 4), last), _num_cell(fmt(min(finite) if finite else float("nan"), 4)),
-                     _num_cell(fmt(max(finite) if finite else float("nan"), 4))])
-    out.append("<h3>Logged values</h3>")
-    out.append(_table(["key", "what", "epochs", "finite", "first", "last", "min", "max"], rows))
-    pics = [("progress.png (nnU-Net)", model["progress_png"]),
-            ("progress_cmedl.png (CMEDL)", model["progress_cmedl_png"])]
-    for label, p in pics:
-        data = _read_png(p) if p.is_file() else None
-        out.append(f"<h3>{esc(label)}</h3>")
-        out.append(_img(data, label, str(p)) if data else
-                   _absent(f"{p.name}: not present in {model['fold_folder']}" if not p.is_file()
-                           else f"{p.name}: not a readable PNG"))
+            what = f"student: pseudo Dice of {names[i] if names and i < len(names) else f'class / region {i}'} (val)"
+        rows.append({"key": key, "what": what, "epochs": len(values), "finite": len(finite),
+                     "first": values[0] if values else None, "last": values[-1] if values else nan,
+                     "min": min(finite, default=nan), "max": max(finite, default=nan)})
+    figures = []
+    for title, p in (("progress.png (nnU-Net)", model["progress_png"]),
+                     ("progress_cmedl.png (CMEDL)", model["progress_cmedl_png"])):
+        figures.append({"title": title, "alt": title, "png": _read_png(p) if p.is_file() else None,
+                        "caption": str(p), "absent": f"{p.name}: not present in {model['fold_folder']}"
+                        if not p.is_file() else f"{p.name}: not a readable PNG"})
     snap, n = model["snapshot"]
-    out.append("<h3>Latest training snapshot (cmedl_snapshots)</h3>")
-    data = _read_png(snap) if snap is not None else None
-    if data:
-        out.append(_img(data, snap.name, f"{snap.name} (the latest of {n} snapshot(s) in {snap.parent})"))
-    else:
-        out.append(_absent("no snapshot PNG in cmedl_snapshots/ (not present)" if snap is None
-                           else f"{snap}: not a readable PNG"))
-    return "\n".join(out)
+    figures.append({"title": "Latest training snapshot (cmedl_snapshots)", "alt": snap.name if snap else None,
+                    "png": _read_png(snap) if snap is not None else None,
+                    "caption": f"{snap.name} (the latest of {n} snapshot(s) in {snap.parent})" if snap else None,
+                    "absent": "no snapshot PNG in cmedl_snapshots/ (not present)" if snap is None
+                    else f"{snap}: not a readable PNG"})
+    return {"cmedl": model["is_cmedl"], "trainer": model["trainer_name"], "checkpoint": model["checkpoint"].name,
+            "plot": plot_curves(model["logging"], model["is_cmedl"], model["class_names"]), "rows": rows,
+            "figures": figures}
 
 
-def _aggregate_table(labels, label_names, aggregates, group: Optional[str] = None) -> str:
-    headers = ([] if group is None else ["group"]) + ["label", "name"]
-    for m in METRICS:
-        headers += [f"{METRIC_TITLES[m]} mean ± sd", "median", "n", "n_nan"]
+def _aggregate_rows(labels: Sequence[str], label_names: dict, aggregates) -> List[dict]:
+    """Per label with an aggregate: its statistics (mean, sd, median, n, n_nan) of each metric in METRICS."""
     rows = []
     for k in labels:
-        a = aggregates.get(str(k)) if isinstance(aggregates, dict) else None
-        if not isinstance(a, dict):
-            continue
-        row = ([] if group is None else [group]) + [str(k), label_names.get(str(k), "")]
-        for m in METRICS:
-            s = a.get(m) if isinstance(a.get(m), dict) else {}
-            row += [_num_cell(fmt_mean_sd(s.get("mean"), s.get("sd")), s.get("mean")),
-                    _num_cell(fmt(s.get("median")), s.get("median")),
-                    _num_cell(fmt(s.get("n"))), _num_cell(fmt(s.get("n_nan")))]
-        rows.append(row)
-    return _table(headers, rows)
+        a = aggregates.get(k) if isinstance(aggregates, dict) else None
+        if isinstance(a, dict):
+            stats = [a.get(m) if isinstance(a.get(m), dict) else {} for m in METRICS]
+            rows.append({"label": k, "name": label_names.get(k, ""),
+                         "stats": [{f: s.get(f) for f in ("mean", "sd", "median", "n", "n_nan")} for s in stats]})
+    return rows
 
 
-def _metrics_section(metrics: Sequence[Tuple[Path, dict]]) -> str:
-    out = ['<h2 id="metrics">Segmentation metrics</h2>']
-    if not metrics:
-        out.append(_absent("Metrics: not provided (pass --metrics EVAL.json written by 'nnunet_cmedl evaluate')."))
-        return "\n".join(out)
-    for path, res in metrics:
-        inp = res.get("inputs") if isinstance(res.get("inputs"), dict) else {}
-        labels = [str(k) for k in res["labels"]]
-        names = res.get("label_names") if isinstance(res.get("label_names"), dict) else {}
-        out.append(f"<h3>{esc(path.name)}</h3>")
-        out.append(_kv_table([("file", str(path)), ("predictions", inp.get("pred_folder", "unknown")),
-                              ("references", inp.get("ref_folder", "unknown")),
-                              ("cases", inp.get("n_cases", len({r.get('case') for r in res['per_case']
-                                                                 if isinstance(r, dict)}))),
-                              ("surface Dice tolerance", f"{_float(res.get('tolerance_mm')):g} mm"),
-                              ("evaluated", res.get("created", "unknown"))]))
-        for key, what in (("missing_predictions", "reference cases without prediction (skipped)"),
-                          ("labels_only_in_predictions", "labels found only in predictions (not evaluated)")):
-            if inp.get(key):
-                out.append(_note(f"{what}: {', '.join(map(str, inp[key]))}"))
-        out.append("<p>Per label, over the cases (NaN values skipped: n used, n_nan skipped; HD95 is NaN where "
-                   "exactly one mask is empty).</p>")
-        out.append(_aggregate_table(labels, names, res["aggregates"]))
-        groups = res.get("group_aggregates")
-        if isinstance(groups, dict) and groups:
-            out.append("<h4>Per case group</h4>")
-            out.append("\n".join(_aggregate_table(labels, names, aggs, group=str(g)) for g, aggs in groups.items()))
-        rows = []
-        for r in res["per_case"]:
-            if not isinstance(r, dict):
-                continue
-            rows.append([str(r.get("case", "")), str(r.get("group") or ""), str(r.get("label", "")),
-                         str(r.get("label_name", "")), _num_cell(fmt(r.get("dsc")), r.get("dsc")),
-                         _num_cell(fmt(r.get("sdsc")), r.get("sdsc")), _num_cell(fmt(r.get("hd95")), r.get("hd95")),
-                         "yes" if r.get("hd95_undefined") else "no", _num_cell(fmt(r.get("ref_voxels"))),
-                         _num_cell(fmt(r.get("pred_voxels")))])
-        out.append(f"<details><summary>Per case ({len(rows)} rows)</summary>"
-                   + _table(["case", "group", "label", "name", "DSC", "sDSC", "HD95 (mm)", "HD95 undefined",
-                             "reference voxels", "predicted voxels"], rows) + "</details>")
-    return "\n".join(out)
+def _metrics_file(path: Path, res: dict) -> dict:
+    """One evaluation JSON: its inputs, the aggregates per label (and per case group) and the per-case rows."""
+    inp = res.get("inputs") if isinstance(res.get("inputs"), dict) else {}
+    labels = [str(k) for k in res["labels"]]
+    names = res.get("label_names") if isinstance(res.get("label_names"), dict) else {}
+    groups = res.get("group_aggregates") if isinstance(res.get("group_aggregates"), dict) else {}
+    per_case = [r for r in res["per_case"] if isinstance(r, dict)]
+    keys = ("case", "group", "label", "label_name", "dsc", "sdsc", "hd95", "hd95_undefined", "ref_voxels",
+            "pred_voxels")
+    return {
+        "name": path.name,
+        "facts": [("file", str(path)), ("predictions", inp.get("pred_folder", "unknown")),
+                  ("references", inp.get("ref_folder", "unknown")),
+                  ("cases", inp.get("n_cases", len({r.get("case") for r in per_case}))),
+                  ("surface Dice tolerance", f"{_float(res.get('tolerance_mm')):g} mm"),
+                  ("evaluated", res.get("created", "unknown"))],
+        "notes": [f"{what}: {', '.join(map(str, inp[key]))}" for key, what in (
+            ("missing_predictions", "reference cases without prediction (skipped)"),
+            ("labels_only_in_predictions", "labels found only in predictions (not evaluated)")) if inp.get(key)],
+        "aggregates": _aggregate_rows(labels, names, res["aggregates"]),
+        "groups": [(str(g), _aggregate_rows(labels, names, aggs)) for g, aggs in groups.items()],
+        "per_case": [{k: r.get(k) for k in keys} for r in per_case],
+    }
 
 
-def _comparison_section(path: Optional[Path], cmp: Optional[dict]) -> str:
-    out = ['<h2 id="comparison">Method comparison</h2>']
-    if cmp is None:
-        out.append(_absent("Comparison: not provided (pass --comparison COMPARE.json written by "
-                           "'nnunet_cmedl compare')."))
-        return "\n".join(out)
+def _comparison(path: Path, cmp: dict) -> dict:
+    """A comparison JSON: its inputs and notes, and its tests grouped by pair of methods."""
     alpha = _float(cmp.get("alpha"))
-    methods = cmp.get("methods_order") or []
     inp = cmp.get("inputs") if isinstance(cmp.get("inputs"), dict) else {}
     sources = inp.get("methods") if isinstance(inp.get("methods"), dict) else {}
-    out.append(_kv_table([("file", str(path)), ("methods", ", ".join(
-        f"{m} ({sources[m].get('source')})" if isinstance(sources.get(m), dict) else str(m) for m in methods)),
-        ("surface Dice tolerance", f"{_float(cmp.get('tolerance_mm')):g} mm"),
-        ("test", "two-sided Wilcoxon signed-rank test of the paired per-case values"),
-        ("alpha", f"{alpha:g}"), ("compared", cmp.get("created", "unknown"))]))
-    for n in cmp.get("notes") or []:
-        out.append(_note(str(n)))
+    methods = ", ".join(f"{m} ({sources[m].get('source')})" if isinstance(sources.get(m), dict) else str(m)
+                        for m in cmp.get("methods_order") or [])
     pairs: Dict[Tuple[str, str], List[dict]] = {}
     for t in cmp["tests"]:
-        pairs.setdefault((str(t.get("method_a")), str(t.get("method_b"))), []).append(t)
-    if not pairs:
-        out.append(_absent("the comparison JSON has no test"))
-    for (a, b), tests in pairs.items():
-        out.append(f"<h3>{esc(a)} vs {esc(b)}</h3>")
-        rows = []
-        for t in tests:
-            sig = bool(t.get("significant"))
-            rows.append([str(t.get("subset", "")), f"{t.get('label', '')} {t.get('label_name', '')}".strip(),
-                         METRIC_TITLES.get(t.get("metric"), str(t.get("metric"))), _num_cell(fmt(t.get("n"))),
-                         _num_cell(fmt(t.get("n_dropped_nan"))),
-                         _num_cell(fmt(t.get("mean_a")), t.get("mean_a")),
-                         _num_cell(fmt(t.get("mean_b")), t.get("mean_b")),
-                         _num_cell(fmt(t.get("mean_diff")), t.get("mean_diff")),
-                         _num_cell(fmt_p(t.get("p_value")), t.get("p_value"), "num sig" if sig else "num"),
-                         "yes" if sig else "no", str(t.get("better") or "-"),
-                         f"{t.get('a_better_cases', '-')} / {t.get('b_better_cases', '-')} / "
-                         f"{t.get('tied_cases', '-')}", str(t.get("note") or "")])
-        out.append(_table(["subset", "label", "metric", "n", "NaN pairs left out", f"mean {a}", f"mean {b}",
-                           f"mean diff ({a} − {b})",
-                           "p (Wilcoxon)", f"p < {alpha:g}", "better", f"cases {a} better / {b} better / tied",
-                           "note"], rows))
-    return "\n".join(out)
+        pairs.setdefault((str(t.get("method_a")), str(t.get("method_b"))), []).append(dict(
+            {k: t.get(k) for k in ("n", "n_dropped_nan", "mean_a", "mean_b", "mean_diff", "p_value")},
+            subset=str(t.get("subset", "")), label=f"{t.get('label', '')} {t.get('label_name', '')}".strip(),
+            metric=METRIC_TITLES.get(t.get("metric"), str(t.get("metric"))), significant=bool(t.get("significant")),
+            better=str(t.get("better") or "-"), note=str(t.get("note") or ""),
+            cases=f"{t.get('a_better_cases', '-')} / {t.get('b_better_cases', '-')} / {t.get('tied_cases', '-')}"))
+    return {
+        "alpha": f"{alpha:g}",
+        "facts": [("file", str(path)), ("methods", methods),
+                  ("surface Dice tolerance", f"{_float(cmp.get('tolerance_mm')):g} mm"),
+                  ("test", "two-sided Wilcoxon signed-rank test of the paired per-case values"),
+                  ("alpha", f"{alpha:g}"), ("compared", cmp.get("created", "unknown"))],
+        "notes": [str(n) for n in cmp.get("notes") or []],
+        "pairs": [{"a": a, "b": b, "tests": tests} for (a, b), tests in pairs.items()],
+    }
 
 
-def _panels_section(panels: Optional[dict]) -> str:
-    out = ['<h2 id="panels">Case panels</h2>']
-    if panels is None:
-        out.append(_absent("Case panels: not provided (pass --panels PANELS_DIR)."))
-        return "\n".join(out)
-    out.append(f"<p>{len(panels['items'])} PNG(s) from <code>{esc(panels['folder'])}</code>"
-               + (f"; captions from {esc(panels['index'])}" if panels["index"] and not panels["note"] else "")
-               + ".</p>")
-    if panels["description"]:
-        out.append(f"<p>{esc(panels['description'])}.</p>")
-    if panels["note"]:
-        out.append(_note(panels["note"]))
-    if panels["skipped"]:
-        out.append(_note(f"not readable as PNG (left out): {', '.join(panels['skipped'])}"))
-    if not panels["items"]:
-        out.append(_absent("no PNG in this folder"))
-    for it in panels["items"]:
-        cap = it["name"] if not it["caption"] else f"{it['name']}: {it['caption']}"
-        out.append(_img(it["data"], it["name"], cap))
-    return "\n".join(out)
-
-
-def _definitions_section(metrics: Sequence[Tuple[Path, dict]], cmp_path: Optional[Path], cmp: Optional[dict]) -> str:
-    out = ['<h2 id="definitions">Definitions</h2>']
-    sources = [(p, r.get("definitions")) for p, r in metrics if isinstance(r.get("definitions"), dict)]
+def _definitions(metrics: Sequence[Tuple[Path, dict]], cmp_path: Optional[Path], cmp: Optional[dict]) -> List[dict]:
+    """The definitions of each JSON, each entry shown once (the first file that has it)."""
+    sources = [(p, r["definitions"]) for p, r in metrics if isinstance(r.get("definitions"), dict)]
     if cmp is not None and isinstance(cmp.get("definitions"), dict):
         sources.append((cmp_path, cmp["definitions"]))
-    if not sources:
-        out.append(_absent("Definitions: not provided (they come from the --metrics / --comparison JSONs)."))
-        return "\n".join(out)
     shown: Dict[str, str] = {}
+    out = []
     for path, defs in sources:
         new = {str(k): str(v) for k, v in defs.items() if shown.get(str(k)) != str(v)}
-        if not new:
-            continue
-        first = not shown
-        out.append(f"<p>From <code>{esc(path)}</code>{'' if first else ' (entries not already shown above)'}:</p>")
-        out.append("<dl>" + "".join(f"<dt>{esc(k)}</dt><dd>{esc(v)}</dd>" for k, v in new.items()) + "</dl>")
-        shown.update(new)
-    return "\n".join(out)
+        if new:
+            out.append({"path": path, "first": not shown, "entries": new})
+            shown.update(new)
+    return out
+
+
+@functools.lru_cache(maxsize=None)
+def _environment() -> jinja2.Environment:
+    env = jinja2.Environment(loader=jinja2.PackageLoader("nnunet_cmedl.evaluation", "templates"), autoescape=True,
+                             undefined=jinja2.StrictUndefined, trim_blocks=True, lstrip_blocks=True,
+                             keep_trailing_newline=True, finalize=lambda v: "" if v is None else v)
+    env.filters.update(fmt=fmt, fmt_p=fmt_p, fmt_mean_sd=fmt_mean_sd, tooltip=tooltip, data_uri=png_data_uri)
+    return env
 
 
 def build_html(model: dict, metrics: Sequence[Tuple[Path, dict]] = (), comparison: Optional[Tuple[Path, dict]] = None,
                panels: Optional[dict] = None, title: Optional[str] = None) -> str:
+    """The page (templates/report.html) of ``load_model``'s dict, (path, ``load_metrics_json``) pairs, a (path,
+    ``load_comparison_json``) pair and ``load_panels``'s dict; a section whose input is missing says 'not provided'."""
     title = title or (f"{model['trainer_name']}: {model['dataset_name']} ({model['configuration']}, "
                       f"fold {model['fold']})")
     cmp_path, cmp = comparison if comparison is not None else (None, None)
-    nav = ('<nav><a href="#curves">Training curves</a><a href="#metrics">Metrics</a><a href="#comparison">Comparison'
-           '</a><a href="#panels">Case panels</a><a href="#definitions">Definitions</a></nav>')
-    body = "\n".join([_header_section(model, title), nav, _curves_section(model), _metrics_section(metrics),
-                      _comparison_section(cmp_path, cmp), _panels_section(panels),
-                      _definitions_section(metrics, cmp_path, cmp)])
-    return (f'<!DOCTYPE html>\n<html lang="en">\n<head>\n<meta charset="utf-8">\n<title>{esc(title)}</title>\n'
-            f'<meta name="generator" content="nnunet_cmedl report">\n<style>{CSS}</style>\n</head>\n<body>\n{body}\n'
-            '</body>\n</html>\n')
+    return _environment().get_template(TEMPLATE).render(
+        title=title, header=_header(model), curves=_curves(model), metric_titles=[METRIC_TITLES[m] for m in METRICS],
+        metrics=[_metrics_file(p, r) for p, r in metrics],
+        comparison=_comparison(cmp_path, cmp) if cmp is not None else None, panels=panels,
+        definitions=_definitions(metrics, cmp_path, cmp))
 
 
 # ---------------------------------------------------------------------------------------------------- API and CLI
