@@ -34,6 +34,18 @@ def run(cmd, env, timeout=900, check=True) -> subprocess.CompletedProcess:
     return r
 
 
+def resume_mid_run(fold: Path, train_cmd: list, env) -> dict:
+    """Rewind a finished 2-epoch run to its state after epoch 1 (checkpoint_latest.pth), resume it with the stock
+    ``--c`` and return the new final checkpoint."""
+    import torch
+    final = fold / "checkpoint_final.pth"
+    torch.save(dict(torch.load(final, weights_only=False), current_epoch=1), fold / "checkpoint_latest.pth")
+    final.rename(fold / "checkpoint_final_first.pth")
+    r = run([str(c) for c in train_cmd] + ["--c"], env)
+    assert "Mean Validation Dice" in r.stdout
+    return torch.load(final, map_location="cpu", weights_only=False)
+
+
 def cli(*args) -> list:
     return [sys.executable, "-m", "nnunet_cmedl.cli", *args]
 

@@ -8,7 +8,7 @@ import pytest
 import torch
 from torch import nn
 
-from conftest import BIN, SMALL_2D, run
+from conftest import BIN, SMALL_2D, resume_mid_run, run
 from test_trainer_cmedl import all_tensors, grads, make_trainer
 
 CUT_TINY = "nnUNetTrainerCMEDL_CUT_tinyCPU"
@@ -115,12 +115,8 @@ def test_cut_trainers_train_resume_predict_through_the_stock_cli(planned_dataset
     assert ckpt["cmedl_i2i_method"] == "cut" and ckpt["current_epoch"] == 2
     assert all(np.isfinite(ckpt["logging"]["cmedl_G_nce"]))
     # resume mid-run: from the epoch-1 checkpoint, with one more epoch to go
-    latest = fold / "checkpoint_latest.pth"
-    torch.save(dict(torch.load(fold / "checkpoint_final.pth", weights_only=False), current_epoch=1), latest)
-    (fold / "checkpoint_final.pth").rename(fold / "checkpoint_final_first.pth")
-    r = run([BIN / "nnUNetv2_train", did, SMALL_2D, "0", "-tr", trainer_name, "-device", "cpu", "--c"], env)
-    assert "Mean Validation Dice" in r.stdout
-    resumed = torch.load(fold / "checkpoint_final.pth", map_location="cpu", weights_only=False)
+    resumed = resume_mid_run(fold, [BIN / "nnUNetv2_train", did, SMALL_2D, "0", "-tr", trainer_name, "-device", "cpu"],
+                             env)
     assert resumed["current_epoch"] == 2 and len(resumed["logging"]["cmedl_G_nce"]) == 2
     out = tmp_path / "pred"
     run([BIN / "nnUNetv2_predict", "-i", planned_dataset["raw_folder"] / "imagesTs", "-o", out, "-d", did,

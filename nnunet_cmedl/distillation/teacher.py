@@ -18,12 +18,22 @@ def scale_gradient(x: torch.Tensor, scale: float) -> torch.Tensor:
     return detached + scale * (x - detached)
 
 
-class TeacherOnPseudoMRI(nn.Module):
-    """CT -> generator -> pMRI -> teacher: lets nnU-Net's validation step measure the teacher on pMRI."""
+class SegmenterOnPseudoMRI(nn.Module):
+    """CT -> generator -> pMRI -> segmenter, one module: the teacher's validation on pMRI in CMEDL, and the whole
+    network of the paper's pMRI-only strategy (``with_ct``: the segmenter sees the channels [CT, pMRI], the CT+pMRI
+    strategy), so that stock nnU-Net inference runs both. ``decoder`` is the segmenter's (nnU-Net switches deep
+    supervision through ``network.decoder``)."""
 
-    def __init__(self, generator: nn.Module, teacher: nn.Module):
+    def __init__(self, generator: nn.Module, segmenter: nn.Module, with_ct: bool = False):
         super().__init__()
-        self.generator, self.teacher = generator, teacher
+        self.generator, self.segmenter, self.with_ct = generator, segmenter, with_ct
+
+    @property
+    def decoder(self) -> nn.Module:
+        return self.segmenter.decoder
+
+    def segment(self, ct: torch.Tensor, pseudo_mri: torch.Tensor):
+        return self.segmenter(torch.cat([ct, pseudo_mri], 1) if self.with_ct else pseudo_mri)
 
     def forward(self, ct):
-        return self.teacher(self.generator(ct))
+        return self.segment(ct, self.generator(ct))

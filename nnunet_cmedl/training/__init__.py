@@ -12,7 +12,9 @@ from nnunet_cmedl.training.variants import (nnUNetTrainer_cpuBudget, nnUNetTrain
                                             nnUNetTrainerCMEDL_noHint, nnUNetTrainerCMEDL_noHint_100epochs,
                                             nnUNetTrainerCMEDL_noHint_cpuBudget, nnUNetTrainerCMEDL_tinyCPU,
                                             nnUNetTrainerCMEDL_hintWarmup, nnUNetTrainerCMEDL_teacherAhead,
-                                            nnUNetTrainerCMEDL_tseg5, nnUNetTrainerCMEDL_hintNorm)
+                                            nnUNetTrainerCMEDL_tseg5, nnUNetTrainerCMEDL_hintNorm,
+                                            nnUNetTrainerPseudoMRI_tinyCPU, nnUNetTrainerCTPseudoMRI_tinyCPU)
+from nnunet_cmedl.training.strategies import nnUNetTrainerCTPseudoMRI, nnUNetTrainerPseudoMRI
 from nnunet_cmedl.training import benchmark_trainers
 from nnunet_cmedl.training.benchmark_trainers import *  # noqa: F401,F403  (generated: see that module)
 
@@ -24,4 +26,6 @@ __all__ = ["nnUNetTrainerCMEDL", "nnUNetTrainerCMEDL_5epochs", "nnUNetTrainerCME
            "nnUNetTrainerCMEDL_noHint_cpuBudget", "nnUNetTrainerCMEDL_tinyCPU", "nnUNetTrainerCMEDL_cpuBudget",
            "nnUNetTrainer_tinyCPU", "nnUNetTrainer_cpuBudget", "nnUNetTrainerCMEDL_hintWarmup",
            "nnUNetTrainerCMEDL_teacherAhead", "nnUNetTrainerCMEDL_tseg5", "nnUNetTrainerCMEDL_hintNorm",
+           "nnUNetTrainerPseudoMRI", "nnUNetTrainerCTPseudoMRI", "nnUNetTrainerPseudoMRI_tinyCPU",
+           "nnUNetTrainerCTPseudoMRI_tinyCPU",
            *benchmark_trainers.__all__]

@@ -11,6 +11,7 @@ from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 from nnunet_cmedl.training import variants
 from nnunet_cmedl.training.experiment import ExperimentMixin
 from nnunet_cmedl.training.nnUNetTrainerCMEDL import nnUNetTrainerCMEDL
+from nnunet_cmedl.training.strategies import nnUNetTrainerCTPseudoMRI, nnUNetTrainerPseudoMRI
 
 # benchmark name -> trainer class (the first is the baseline)
 METHODS = {
@@ -25,6 +26,9 @@ METHODS = {
     "CMEDL_hintNorm": variants.nnUNetTrainerCMEDL_hintNorm,
     "CMEDL_identity": variants.nnUNetTrainerCMEDL_identity,
     "CMEDL_stridedStem": variants.nnUNetTrainerCMEDL_stridedStem,
+    # the paper's other strategies (strategies.py): no student, the generator + segmenter is what predicts
+    "pMRI-only": nnUNetTrainerPseudoMRI,
+    "CT+pMRI": nnUNetTrainerCTPseudoMRI,
 }
 # budget -> attributes; I2I sizes apply to CMEDL trainers only
 BUDGETS = {
@@ -71,8 +75,12 @@ def _make(method: str, budget: str, seed: int) -> type:
 
     name = trainer_name(method, budget, seed)
     bases = (base,) if issubclass(base, ExperimentMixin) else (ExperimentMixin, base)
-    return type(name, bases, {"__init__": __init__, "__module__": __name__, "__qualname__": name,
-                              "__doc__": f"{method} at the {budget} budget, seed {seed} (benchmark_trainers.py)"})
+    attributes = {"__init__": __init__, "__module__": __name__, "__qualname__": name,
+                  "__doc__": f"{method} at the {budget} budget, seed {seed} (benchmark_trainers.py)"}
+    if issubclass(base, nnUNetTrainerPseudoMRI):  # inference builds the generator from the class: sizes go there
+        attributes["generator_settings"] = {**base.generator_settings, **{
+            k: v for k, v in cmedl_settings.items() if k in base.generator_settings}}
+    return type(name, bases, attributes)
 
 
 __all__ = []

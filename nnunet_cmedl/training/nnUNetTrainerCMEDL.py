@@ -29,7 +29,7 @@ from nnunetv2.utilities.helpers import dummy_context
 from mri_unpaired.loader import get_unpaired_mri_dataloader
 from nnunet_cmedl.checkpoint_io import load_checkpoint
 from nnunet_cmedl.distillation.hint import DecoderFeatureTap, hint_loss, unwrap
-from nnunet_cmedl.distillation.teacher import TeacherOnPseudoMRI, scale_gradient
+from nnunet_cmedl.distillation.teacher import SegmenterOnPseudoMRI, scale_gradient
 from nnunet_cmedl.i2i import I2I_METHODS, build_i2i
 from nnunet_cmedl.i2i.networks import I2IArchitecture
 from nnunet_cmedl.training import figures
@@ -52,6 +52,8 @@ class TrainingStopped(SystemExit):
 
 
 class nnUNetTrainerCMEDL(ExperimentMixin, nnUNetTrainer):
+    optimized_networks = NETWORKS  # names of the networks that have an optimiser (logged skips, see _optimize)
+
     def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
                  device: torch.device = torch.device('cuda')):
         super().__init__(plans, configuration, fold, dataset_json, device)
@@ -119,18 +121,25 @@ class nnUNetTrainerCMEDL(ExperimentMixin, nnUNetTrainer):
     # ------------------------------------------------------------------ building
     def initialize(self):
         super().initialize()  # student (self.network), its SGD + PolyLR, nnU-Net's deep-supervised Dice+CE loss
-        self.teacher = self.build_network_architecture(
-            self.plans_manager, self.configuration_manager, self.mri_num_channels,
-            self.label_manager.num_segmentation_heads, self.enable_deep_supervision).to(self.device)
-        self.i2i = build_i2i(self.i2i_method, I2IArchitecture.from_configuration(self.configuration_manager),
-                             **self.i2i_kwargs()).to(self.device)
-        self.teacher_on_pseudo_mri = TeacherOnPseudoMRI(self.i2i.generator, self.teacher)
+        self.teacher = self.build_teacher()
+        self.i2i = self.build_i2i_method()
+        self.teacher_on_pseudo_mri = SegmenterOnPseudoMRI(self.i2i.generator, self.teacher)
         self.student_tap = self.build_feature_tap(self.network)
         self.teacher_tap = self.build_feature_tap(self.teacher)
         self.configure_cmedl_optimizers()
         self._register_log_keys()
         if self._do_i_compile():
             self.compile_cmedl_networks()
+
+    def build_teacher(self) -> nn.Module:
+        """nnU-Net's network for the pseudo-MRI (the plans' architecture, MRI channels in)."""
+        return self.build_network_architecture(
+            self.plans_manager, self.configuration_manager, self.mri_num_channels,
+            self.label_manager.num_segmentation_heads, self.enable_deep_supervision).to(self.device)
+
+    def build_i2i_method(self):
+        return build_i2i(self.i2i_method, I2IArchitecture.from_configuration(self.configuration_manager),
+                         **self.i2i_kwargs()).to(self.device)
 
     def i2i_kwargs(self) -> dict:
         """The I2I method's constructor arguments (saved in the checkpoint as ``cmedl_i2i_kwargs``)."""
@@ -199,20 +208,30 @@ class nnUNetTrainerCMEDL(ExperimentMixin, nnUNetTrainer):
             'student': (self.optimizer, self.network.parameters(), [loss_student] + ([loss_hint] if weight_hint else []))})
 
         # 5. discriminators: real vs. fake (CycleGAN: pooled fakes)
-        with self._autocast():
-            loss_discriminators = self.i2i.discriminator_loss(ct, mri, i2i.fakes)
-        self._optimize(loss_discriminators, self.grad_scaler_discriminators, {
-            'discriminators': (self.optimizer_discriminators, self.i2i.discriminator_parameters(),
-                               [loss_discriminators])})
-
-        if self._snapshot_due:
-            self._snapshot = figures.snapshot_arrays(ct, i2i.pseudo_mri, mri, target)
-            self._snapshot_due = False
+        loss_discriminators = self.discriminator_step(ct, mri, i2i)
+        self._keep_snapshot(ct, i2i.pseudo_mri, mri, target)
         # 'loss' is the student's segmentation loss: nnU-Net's train_losses stay comparable with a plain nnU-Net
-        logged = {'loss': loss_student, **{'G_' + k: v for k, v in i2i.terms.items()}, 'D': loss_discriminators,
-                  'teacher_seg': loss_teacher, 'student_seg': loss_student, 'hint': loss_hint}
-        values = torch.stack([v.detach().float() for v in logged.values()]).cpu().numpy()  # one device sync
-        return dict(zip(logged, values))
+        return self._logged({'loss': loss_student, **{'G_' + k: v for k, v in i2i.terms.items()},
+                             'D': loss_discriminators, 'teacher_seg': loss_teacher, 'student_seg': loss_student,
+                             'hint': loss_hint})
+
+    def discriminator_step(self, ct, mri, i2i) -> torch.Tensor:
+        """The discriminators' update: real vs. fake (CycleGAN: pooled fakes), with their own grad scaler."""
+        with self._autocast():
+            loss = self.i2i.discriminator_loss(ct, mri, i2i.fakes)
+        self._optimize(loss, self.grad_scaler_discriminators, {
+            'discriminators': (self.optimizer_discriminators, self.i2i.discriminator_parameters(), [loss])})
+        return loss
+
+    def _keep_snapshot(self, ct, pseudo_mri, mri, target) -> None:
+        if self._snapshot_due:
+            self._snapshot = figures.snapshot_arrays(ct, pseudo_mri, mri, target)
+            self._snapshot_due = False
+
+    @staticmethod
+    def _logged(values: dict) -> dict:
+        stacked = torch.stack([v.detach().float() for v in values.values()]).cpu().numpy()  # one device sync
+        return dict(zip(values, stacked))
 
     def _optimize(self, loss, grad_scaler, networks: dict) -> None:
         """Backward, nnU-Net's gradient clipping per network, step; with AMP's grad scaler on CUDA (one scaler may
@@ -322,7 +341,7 @@ class nnUNetTrainerCMEDL(ExperimentMixin, nnUNetTrainer):
         collated = collate_outputs(train_outputs)
         for name in self.train_loss_names():
             self.logger.log('cmedl_' + name, float(np.mean(collated[name])), self.current_epoch)
-        for name in NETWORKS:
+        for name in self.optimized_networks:
             self.logger.log('cmedl_nonfinite_skips_' + name, self._nonfinite_skips.get(name, 0), self.current_epoch)
         if self._nonfinite_skips:
             self.print_to_log_file("steps skipped for a non-finite loss or gradient: " + ", ".join(
@@ -368,8 +387,12 @@ class nnUNetTrainerCMEDL(ExperimentMixin, nnUNetTrainer):
         shortest list: register ours, and pad lists missing from older checkpoints with NaN."""
         logs = self.logger.local_logger.my_fantastic_logging
         epochs = len(logs.get('train_losses', []))
-        for name in self.train_loss_names() + VAL_LOG_NAMES + tuple('nonfinite_skips_' + n for n in NETWORKS):
+        skips = tuple('nonfinite_skips_' + n for n in self.optimized_networks)
+        for name in self.train_loss_names() + self.val_log_names() + skips:
             logs.setdefault('cmedl_' + name, [float('nan')] * epochs)
+
+    def val_log_names(self) -> tuple:
+        return VAL_LOG_NAMES
 
     def train_loss_names(self) -> tuple:
         return tuple('G_' + n for n in I2I_METHODS[self.i2i_method].loss_names) + SEGMENTATION_LOSS_NAMES

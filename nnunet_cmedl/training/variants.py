@@ -7,6 +7,7 @@ import torch
 from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 
 from nnunet_cmedl.training.nnUNetTrainerCMEDL import nnUNetTrainerCMEDL
+from nnunet_cmedl.training.strategies import nnUNetTrainerCTPseudoMRI, nnUNetTrainerPseudoMRI
 
 
 class nnUNetTrainerCMEDL_5epochs(nnUNetTrainerCMEDL):
@@ -74,13 +75,14 @@ class nnUNetTrainerCMEDL_noHint(nnUNetTrainerCMEDL):
 
 class TinyCMEDLMixin:
     """Small I2I networks and a handful of iterations: CPU tests and smoke runs."""
+    tiny_generator = dict(generator_features=4, generator_res_blocks=1)
 
     def make_tiny(self):
         self.num_epochs = 2
         self.num_iterations_per_epoch = 2
         self.num_val_iterations_per_epoch = 1
-        self.generator_features = 4
-        self.generator_res_blocks = 1
+        for name, value in self.tiny_generator.items():
+            setattr(self, name, value)
         self.discriminator_features = 4
         self.discriminator_layers = 2
         self.image_pool_size = 4
@@ -108,6 +110,24 @@ class nnUNetTrainerCMEDL_CUT_tinyCPU(TinyCMEDLMixin, nnUNetTrainerCMEDL_CUT):
 
 
 class nnUNetTrainerCMEDL_FastCUT_tinyCPU(TinyCMEDLMixin, nnUNetTrainerCMEDL_FastCUT):
+    def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
+                 device: torch.device = torch.device('cuda')):
+        super().__init__(plans, configuration, fold, dataset_json, device)
+        self.make_tiny()
+
+
+class nnUNetTrainerPseudoMRI_tinyCPU(TinyCMEDLMixin, nnUNetTrainerPseudoMRI):
+    generator_settings = {**nnUNetTrainerPseudoMRI.generator_settings, **TinyCMEDLMixin.tiny_generator}
+
+    def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
+                 device: torch.device = torch.device('cuda')):
+        super().__init__(plans, configuration, fold, dataset_json, device)
+        self.make_tiny()
+
+
+class nnUNetTrainerCTPseudoMRI_tinyCPU(TinyCMEDLMixin, nnUNetTrainerCTPseudoMRI):
+    generator_settings = {**nnUNetTrainerCTPseudoMRI.generator_settings, **TinyCMEDLMixin.tiny_generator}
+
     def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
                  device: torch.device = torch.device('cuda')):
         super().__init__(plans, configuration, fold, dataset_json, device)
