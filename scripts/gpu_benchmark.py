@@ -13,6 +13,7 @@ Usage:
   GPU:      python scripts/gpu_benchmark.py --workdir W --out OUT --deadline 480 \\
                 --runs nnU-Net:benchCPU:0 CMEDL:benchCPU:0 nnU-Net_4xLabels:benchCPU:0:5 ...
   here:     for t in OUT/bundle_*.tgz; do tar xzf $t -C W; done   (a run's tarballs, any order)
+            python scripts/gpu_benchmark.py --join W                 (files that travelled in chunks, put back)
             nnunet_cmedl benchmark --workdir W --no-train --methods nnU-Net CMEDL ... --seeds 0 1 2
 
 A run is METHOD:BUDGET:SEED[:NICE] (METHOD from training/benchmark_trainers.py's METHODS, or nnU-Net_4xLabels for
@@ -23,13 +24,17 @@ At --deadline seconds whatever still runs is stopped and reported as unfinished;
   bundle_runs_<N>.tgz        gpu_benchmark_logs/ (each run's output); per run: nnU-Net's logs, progress plots,
                              validation summary, checkpoint_final.pth stripped to what the evaluation reads (epoch,
                              logs, trainer; the student's weights only where the final predictions did not finish)
-                             and the light curve checkpoints whose predictions did not finish;
+                             and the light curve checkpoints whose predictions did not finish; of a run stopped
+                             while training, its whole checkpoint_latest.pth (`benchmark` resumes it with --c);
   bundle_predictions_<N>.tgz predictions/<trainer>_fold<F>/<checkpoint>/ with their completion markers;
   (parts of at most ~14 MB each: a GPU machine may return only files of limited size)
   gpu_benchmark.json      device, timings and the state of every run.
 """
 import argparse
+import glob
+import io
 import json
+import math
 import os
 import shutil
 import signal
@@ -136,23 +141,58 @@ def strip_checkpoint(src: Path, dst: Path, keep_weights: bool) -> None:
     torch.save(light, dst)
 
 
+SPLIT_SUFFIX = ".split_"
+
+
 class SplitTar:
-    """tar.gz parts of at most about ``limit`` bytes each (a GPU machine returns files of limited size)."""
+    """tar.gz parts of at most about ``limit`` bytes each (a GPU machine returns files of limited size). A file larger
+    than a part travels as chunks ``<name>.split_000``, ``.split_001``, ... (``join_split_files`` puts it back)."""
 
     def __init__(self, stem: Path, limit: float = 14e6):
         self.stem, self.limit, self.n, self.tar = stem, limit, 0, None
 
-    def add(self, path: Path, name: str) -> None:
-        if self.tar is None or os.path.getsize(self.tar.name) + path.stat().st_size > self.limit:
+    def _add(self, name: str, size: int, add) -> None:
+        if self.tar is None or os.path.getsize(self.tar.name) + size > self.limit:
             self.close()
             self.n += 1
             self.tar = tarfile.open(f"{self.stem}_{self.n}.tgz", "w:gz")
-        self.tar.add(path, name)
+        add(self.tar)
         self.tar.fileobj.flush()
+
+    def add(self, path: Path, name: str) -> None:
+        size = path.stat().st_size
+        if size <= self.limit:
+            self._add(name, size, lambda tar: tar.add(path, name))
+            return
+        chunk = int(self.limit) // 2
+        with open(path, "rb") as f:
+            for k in range(math.ceil(size / chunk)):
+                data = f.read(chunk)
+                info = tarfile.TarInfo(f"{name}{SPLIT_SUFFIX}{k:03d}")
+                info.size, info.mtime, info.mode = len(data), int(path.stat().st_mtime), 0o644
+                self._add(info.name, len(data), lambda tar: tar.addfile(info, io.BytesIO(data)))
 
     def close(self) -> None:
         if self.tar is not None:
             self.tar.close()
+
+
+def join_split_files(folder: Path) -> list:
+    """Put back every file that SplitTar sent in chunks (after all parts were extracted into ``folder``)."""
+    from mri_unpaired.atomic import atomic_file
+    joined = []
+    for first in sorted(folder.rglob(f"*{SPLIT_SUFFIX}000")):
+        target = first.with_name(first.name[:-len(SPLIT_SUFFIX + "000")])
+        chunks = sorted(first.parent.glob(glob.escape(target.name) + SPLIT_SUFFIX + "[0-9][0-9][0-9]"))
+        if [c.name[-3:] for c in chunks] != [f"{k:03d}" for k in range(len(chunks))]:
+            raise SystemExit(f"{target}: chunks {[c.name for c in chunks]} are not complete; extract every part first")
+        with atomic_file(target, mode="wb") as out:
+            for c in chunks:
+                out.write(c.read_bytes())
+        for c in chunks:
+            c.unlink()
+        joined.append(target)
+    return joined
 
 
 def bundle(jobs, a, staging: Path) -> None:
@@ -178,10 +218,15 @@ def bundle(jobs, a, staging: Path) -> None:
                 light = staging / rel / final.name
                 strip_checkpoint(final, light, keep_weights=not predicted)
                 runs_tar.add(light, str(rel / final.name))
-            for ck in sorted(r.folder.glob("checkpoint_epoch_*.pth")) if final.is_file() else []:
+            for ck in sorted(r.folder.glob("checkpoint_epoch_*.pth")):
                 # a curve checkpoint whose predictions did not finish travels, to be predicted elsewhere
                 if not (benchmark_report.prediction_folder(a.workdir, r, ck.name) / benchmark_report.COMPLETE).is_file():
                     runs_tar.add(ck, str(rel / ck.name))
+            latest = r.folder / "checkpoint_latest.pth"
+            if not final.is_file() and latest.is_file():
+                # stopped while training: the whole latest checkpoint travels, so that `nnunet_cmedl benchmark`
+                # resumes the run elsewhere (nnUNetv2_train --c)
+                runs_tar.add(latest, str(rel / latest.name))
         folder = benchmark_report.run_predictions(a.workdir, r)
         for ck in sorted(folder.glob("*")) if folder.is_dir() else []:
             if (ck / benchmark_report.COMPLETE).is_file():
@@ -195,7 +240,7 @@ def bundle(jobs, a, staging: Path) -> None:
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--workdir", type=Path, required=True, help="a workdir of nnunet_cmedl benchmark --prepare-only")
+    p.add_argument("--workdir", type=Path, help="a workdir of nnunet_cmedl benchmark --prepare-only")
     p.add_argument("--out", type=Path, help="where the bundles go")
     p.add_argument("--runs", nargs="+", default=[], help="METHOD:BUDGET:SEED[:NICE] ...")
     p.add_argument("--deadline", type=float, default=480, help="seconds; runs still going are stopped")
@@ -203,8 +248,16 @@ def main(argv=None) -> int:
     p.add_argument("--device", default="cuda")
     p.add_argument("-d", "--dataset-id", type=int, default=502)
     p.add_argument("-c", "--configuration", default="2d_bench")
+    p.add_argument("--join", type=Path, metavar="W", help="after extracting the bundles into W: put back the files "
+                   "that travelled in chunks, then exit")
     p.add_argument("--predict", help=argparse.SUPPRESS)
     a = p.parse_args(argv)
+    if a.join:
+        for f in join_split_files(a.join):
+            print(f"joined {f}")
+        return 0
+    if a.workdir is None:
+        p.error("--workdir is required")
     a.workdir = a.workdir.resolve()
     if a.predict:
         return predict(a)

@@ -6,6 +6,7 @@ import tarfile
 from pathlib import Path
 
 import numpy as np
+import pytest
 import torch
 
 REPO = Path(__file__).resolve().parents[1]
@@ -38,10 +39,10 @@ def test_split_tar_parts_stay_under_the_limit_and_hold_every_file(tmp_path):
     g = load_script()
     rng = np.random.default_rng(0)
     files = []
-    for i in range(7):  # incompressible 300 kB files
+    for i, size in enumerate([300_000] * 7 + [1_900_000]):  # incompressible; the last larger than a part
         p = tmp_path / "in" / f"f{i}.bin"
         p.parent.mkdir(exist_ok=True)
-        p.write_bytes(rng.bytes(300_000))
+        p.write_bytes(rng.bytes(size))
         files.append(p)
     tar = g.SplitTar(tmp_path / "out" / "bundle", limit=700_000)
     (tmp_path / "out").mkdir()
@@ -51,8 +52,20 @@ def test_split_tar_parts_stay_under_the_limit_and_hold_every_file(tmp_path):
     parts = sorted((tmp_path / "out").glob("bundle_*.tgz"))
     assert len(parts) >= 3 and all(p.stat().st_size < 700_000 + 100_000 for p in parts)
     names = [m.name for p in parts for m in tarfile.open(p).getmembers()]
-    assert sorted(names) == sorted(f"x/{p.name}" for p in files)
+    # the large file travels as chunks of half a part each
+    assert sorted(names) == sorted([f"x/{p.name}" for p in files[:7]] + [f"x/f7.bin.split_{k:03d}" for k in range(6)])
     out = tmp_path / "extracted"
-    for p in parts:
+    for p in reversed(parts):  # any order
         tarfile.open(p).extractall(out, filter="data")
+    assert g.join_split_files(out) == [out / "x" / "f7.bin"]
     assert all((out / "x" / p.name).read_bytes() == p.read_bytes() for p in files)
+    assert sorted(q.name for q in (out / "x").iterdir()) == sorted(p.name for p in files)  # no chunk left
+
+
+def test_join_refuses_incomplete_chunks(tmp_path):
+    g = load_script()
+    (tmp_path / "a.pth.split_000").write_bytes(b"x")
+    (tmp_path / "a.pth.split_002").write_bytes(b"z")
+    with pytest.raises(SystemExit, match="not complete"):
+        g.join_split_files(tmp_path)
+    assert not (tmp_path / "a.pth").exists() and (tmp_path / "a.pth.split_000").exists()

@@ -53,7 +53,7 @@ BUDGETS = {
     "benchGPU": dict(num_epochs=100, num_iterations_per_epoch=250, num_val_iterations_per_epoch=50, save_every=10,
                      curve_checkpoint_every=10, cmedl={}),
 }
-SEEDS = range(5)
+SEEDS = range(10)
 
 
 def trainer_name(method: str, budget: str, seed: int) -> str:
