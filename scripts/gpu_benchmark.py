@@ -20,15 +20,20 @@ A run is METHOD:BUDGET:SEED[:NICE] (METHOD from training/benchmark_trainers.py's
 the 4x-label reference on fold 1; BUDGET benchCPU, benchLong, benchSmoke, ...; NICE: CPU priority, higher runs
 later when the CPU is short). Each run trains through the stock nnUNetv2_train (nnUNet_n_proc_DA=0: batches in the
 trainer's process, seeded; no torch.compile), then its checkpoints predict the test images, the final one first.
-At --deadline seconds whatever still runs is stopped and reported as unfinished; then the bundles are written:
-  bundle_runs_<N>.tgz        gpu_benchmark_logs/ (each run's output); per run: nnU-Net's logs, progress plots,
-                             validation summary, checkpoint_final.pth stripped to what the evaluation reads (epoch,
-                             logs, trainer; the student's weights only where the final predictions did not finish)
-                             and the light curve checkpoints whose predictions did not finish; of a run stopped
-                             while training, its whole checkpoint_latest.pth (`benchmark` resumes it with --c);
-  bundle_predictions_<N>.tgz predictions/<trainer>_fold<F>/<checkpoint>/ with their completion markers;
-  (parts of at most ~14 MB each: a GPU machine may return only files of limited size)
-  gpu_benchmark.json      device, timings and the state of every run.
+At --deadline seconds whatever still runs is stopped and reported as unfinished; then the bundles are written into
+W/gpu_benchmark_bundles/, in parts of at most ~14 MB (a GPU machine returns files of limited size), most needed first:
+  bundle_1_results_<N>.tgz   predictions/<trainer>_fold<F>/<checkpoint>/ with their completion markers,
+                             gpu_benchmark_logs/ (each run's output), per run nnU-Net's logs and validation summary,
+                             and its checkpoint_final.pth (or, stopped while training, checkpoint_latest.pth) stripped
+                             to what the evaluation reads (epoch, logs, trainer; the student's weights only where its
+                             predictions did not finish);
+  bundle_2_curves_<N>.tgz    the light curve checkpoints whose predictions did not finish, progress plots;
+  bundle_3_resume_<N>.tgz    of a run stopped while training, its whole checkpoint_latest.pth (`benchmark` resumes it
+                             with --c; a file larger than a part travels in chunks: --join);
+and copied into --out in that order while they fit the machine's return limits (--return-files, --return-mib;
+gpu_benchmark.json and the console log count as two files); gpu_benchmark.json says which parts came back and which
+stayed on the machine (fetch them with a further call while it is warm).
+  gpu_benchmark.json      device, timings, the state of every run, returned and left-behind parts.
 """
 import argparse
 import glob
@@ -195,47 +200,66 @@ def join_split_files(folder: Path) -> list:
     return joined
 
 
-def bundle(jobs, a, staging: Path) -> None:
+def bundle(jobs, a, staging: Path, bundles: Path) -> list:
+    """Tarball parts in ``bundles``, most needed first: 1 results (predictions, logs, metadata, checkpoints stripped
+    to the student's weights where predictions are missing), 2 curves (unpredicted curve checkpoints, progress
+    plots), 3 resume (whole checkpoint_latest.pth of runs stopped while training). Returns the parts in that order."""
     from nnunet_cmedl.evaluation import benchmark_report
-    runs_tar = SplitTar(a.out / "bundle_runs")
-    predictions_tar = SplitTar(a.out / "bundle_predictions")
+    results, curves, resume = (SplitTar(bundles / f"bundle_{k}") for k in ("1_results", "2_curves", "3_resume"))
+    complete = lambda r, ck: (benchmark_report.prediction_folder(a.workdir, r, ck)  # noqa: E731
+                              / benchmark_report.COMPLETE).is_file()
     for job in jobs:
         r = job.run_
         rel = r.folder.relative_to(a.workdir)
         if r.folder.is_dir():
             for p in sorted(r.folder.parent.glob("*.json")):  # dataset.json, plans.json: the predictor's
-                runs_tar.add(p, str(rel.parent / p.name))
+                results.add(p, str(rel.parent / p.name))
             for p in sorted(r.folder.iterdir()):
-                if p.is_file() and (p.suffix in (".json", ".txt", ".png")):
-                    runs_tar.add(p, str(rel / p.name))
+                if p.is_file() and p.suffix in (".json", ".txt"):
+                    results.add(p, str(rel / p.name))
+                elif p.is_file() and p.suffix == ".png":
+                    curves.add(p, str(rel / p.name))
             summary = r.folder / "validation" / "summary.json"
             if summary.is_file():
-                runs_tar.add(summary, str(rel / "validation" / "summary.json"))
-            final = r.folder / "checkpoint_final.pth"
-            if final.is_file():
-                predicted = (benchmark_report.prediction_folder(a.workdir, r, final.name)
-                             / benchmark_report.COMPLETE).is_file()
-                light = staging / rel / final.name
-                strip_checkpoint(final, light, keep_weights=not predicted)
-                runs_tar.add(light, str(rel / final.name))
+                results.add(summary, str(rel / "validation" / "summary.json"))
+            final, latest = r.folder / "checkpoint_final.pth", r.folder / "checkpoint_latest.pth"
+            last = final if final.is_file() else latest
+            if last.is_file():  # what the run ended with; the student's weights where its predictions are missing
+                strip_checkpoint(last, staging / rel / last.name, keep_weights=not complete(r, last.name))
+                results.add(staging / rel / last.name, str(rel / last.name))
             for ck in sorted(r.folder.glob("checkpoint_epoch_*.pth")):
-                # a curve checkpoint whose predictions did not finish travels, to be predicted elsewhere
-                if not (benchmark_report.prediction_folder(a.workdir, r, ck.name) / benchmark_report.COMPLETE).is_file():
-                    runs_tar.add(ck, str(rel / ck.name))
-            latest = r.folder / "checkpoint_latest.pth"
+                if not complete(r, ck.name):  # a curve checkpoint to be predicted elsewhere
+                    curves.add(ck, str(rel / ck.name))
             if not final.is_file() and latest.is_file():
-                # stopped while training: the whole latest checkpoint travels, so that `nnunet_cmedl benchmark`
-                # resumes the run elsewhere (nnUNetv2_train --c)
-                runs_tar.add(latest, str(rel / latest.name))
+                # stopped while training: the whole latest checkpoint, so that `nnunet_cmedl benchmark` can resume
+                # the run elsewhere (nnUNetv2_train --c); it replaces the stripped one when extracted after it
+                resume.add(latest, str(rel / latest.name))
         folder = benchmark_report.run_predictions(a.workdir, r)
         for ck in sorted(folder.glob("*")) if folder.is_dir() else []:
             if (ck / benchmark_report.COMPLETE).is_file():
                 for p in sorted(ck.iterdir()):
-                    predictions_tar.add(p, str(p.relative_to(a.workdir)))
+                    results.add(p, str(p.relative_to(a.workdir)))
     for p in sorted((a.workdir / "gpu_benchmark_logs").iterdir()):
-        runs_tar.add(p, str(p.relative_to(a.workdir)))
-    runs_tar.close()
-    predictions_tar.close()
+        results.add(p, str(p.relative_to(a.workdir)))
+    parts = []
+    for tar in (results, curves, resume):
+        tar.close()
+        parts += [Path(f"{tar.stem}_{k}.tgz") for k in range(1, tar.n + 1)]
+    return parts
+
+
+def hand_back(parts: list, out: Path, max_files: int, max_bytes: float) -> tuple:
+    """Copy the parts into ``out`` in order while they fit the machine's return limits; the rest stay behind."""
+    returned, left, total = [], [], 0
+    for part in parts:
+        size = part.stat().st_size
+        if not left and len(returned) < max_files and total + size <= max_bytes:
+            shutil.copy2(part, out / part.name)
+            returned.append(part.name)
+            total += size
+        else:
+            left.append(str(part))
+    return returned, left
 
 
 def main(argv=None) -> int:
@@ -248,6 +272,8 @@ def main(argv=None) -> int:
     p.add_argument("--device", default="cuda")
     p.add_argument("-d", "--dataset-id", type=int, default=502)
     p.add_argument("-c", "--configuration", default="2d_bench")
+    p.add_argument("--return-files", type=int, default=8, help="files the GPU machine returns from --out")
+    p.add_argument("--return-mib", type=float, default=64, help="MiB the GPU machine returns from --out, in all")
     p.add_argument("--join", type=Path, metavar="W", help="after extracting the bundles into W: put back the files "
                    "that travelled in chunks, then exit")
     p.add_argument("--predict", help=argparse.SUPPRESS)
@@ -286,12 +312,19 @@ def main(argv=None) -> int:
         job.stop()
     for job in jobs:
         job.join(timeout=30)
-    bundle(jobs, a, a.workdir / "gpu_benchmark_staging")
+    bundles = a.workdir / "gpu_benchmark_bundles"
+    shutil.rmtree(bundles, ignore_errors=True)
+    bundles.mkdir()
+    parts = bundle(jobs, a, a.workdir / "gpu_benchmark_staging", bundles)
+    # the json and the console log come back too: 2 of the files the machine returns
+    returned, left = hand_back(parts, a.out, a.return_files - 2, a.return_mib * 2 ** 20 - 2e6)
     import torch
     report = {"device": torch.cuda.get_device_name(0) if a.device.startswith("cuda") else a.device,
               "torch": torch.__version__, "seconds": time.time() - t0, "deadline": a.deadline,
               "runs": {j.spec: {"trainer": j.run_.trainer, "fold": j.run_.fold, "state": j.state, **j.times}
-                       for j in jobs}}
+                       for j in jobs},
+              "returned": returned, "left_on_machine": left,
+              "fetch_the_rest": f"on the still-warm machine: cp <parts> $OUT (at most {a.return_files} per call)"}
     (a.out / "gpu_benchmark.json").write_text(json.dumps(report, indent=1))
     print(json.dumps(report, indent=1))
     return 1 if any(j.state.startswith("training failed") for j in jobs) else 0

@@ -69,3 +69,21 @@ def test_join_refuses_incomplete_chunks(tmp_path):
     with pytest.raises(SystemExit, match="not complete"):
         g.join_split_files(tmp_path)
     assert not (tmp_path / "a.pth").exists() and (tmp_path / "a.pth.split_000").exists()
+
+
+def test_hand_back_returns_parts_in_order_within_the_machines_limits(tmp_path):
+    g = load_script()
+    parts = []
+    for name, size in [("bundle_1_results_1", 500), ("bundle_1_results_2", 400), ("bundle_2_curves_1", 300),
+                       ("bundle_3_resume_1", 200), ("bundle_3_resume_2", 100)]:
+        parts.append(tmp_path / f"{name}.tgz")
+        parts[-1].write_bytes(b"x" * size)
+    (tmp_path / "out").mkdir()
+    # the byte limit stops at the third part; nothing after a part left behind comes back (the order is priority)
+    returned, left = g.hand_back(parts, tmp_path / "out", max_files=6, max_bytes=1000)
+    assert returned == ["bundle_1_results_1.tgz", "bundle_1_results_2.tgz"]
+    assert left == [str(p) for p in parts[2:]]
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == returned
+    (tmp_path / "out2").mkdir()
+    returned, left = g.hand_back(parts, tmp_path / "out2", max_files=3, max_bytes=1e9)  # the file limit
+    assert returned == [p.name for p in parts[:3]] and left == [str(p) for p in parts[3:]]
