@@ -187,18 +187,23 @@ def unets():
             ResidualUNet(n_blocks_per_stage=[1, 1, 1], deep_supervision=True, **common)]
 
 
-@pytest.mark.parametrize("index", [0, 1, 2], ids=["PlainConvUNet", "ResidualEncoderUNet", "ResidualUNet"])
-def test_feature_tap_output_equals_the_network_and_features_are_the_decoder_stages(index):
+def tap_and_hooks(net, x, stages=(-2, -1)):
+    """(network output, decoder stage outputs recorded with forward hooks, tap output, tap features) on ``x``."""
     from nnunet_cmedl.distillation.hint import DecoderFeatureTap
-    net = unets()[index].eval()
-    x = torch.randn(2, 1, 32, 32)
     recorded = []
-    handles = [s.register_forward_hook(lambda m, i, o: recorded.append(o)) for s in net.decoder.stages[-2:]]
+    handles = [net.decoder.stages[s].register_forward_hook(lambda m, i, o: recorded.append(o)) for s in stages]
     with torch.no_grad():
         expected = net(x)
         for h in handles:
             h.remove()
-        out, features = DecoderFeatureTap(net, (-2, -1))(x)
+        out, features = DecoderFeatureTap(net, stages)(x)
+    return expected, recorded, out, features
+
+
+@pytest.mark.parametrize("index", [0, 1, 2], ids=["PlainConvUNet", "ResidualEncoderUNet", "ResidualUNet"])
+def test_feature_tap_output_equals_the_network_and_features_are_the_decoder_stages(index):
+    net = unets()[index].eval()
+    expected, recorded, out, features = tap_and_hooks(net, torch.randn(2, 1, 32, 32))
     expected, out = (expected, out) if isinstance(out, list) else ([expected], [out])
     assert len(out) == len(expected) and all(torch.equal(a, b) for a, b in zip(out, expected))
     assert len(features) == 2 and all(torch.equal(a, b) for a, b in zip(features, recorded))
@@ -206,7 +211,8 @@ def test_feature_tap_output_equals_the_network_and_features_are_the_decoder_stag
 
 def test_feature_tap_names_what_a_network_lacks():
     from nnunet_cmedl.distillation.hint import DecoderFeatureTap
-    with pytest.raises(TypeError, match="decoder"):
+    from nnunet_cmedl.errors import UnsupportedSetup
+    with pytest.raises(UnsupportedSetup, match="decoder"):
         DecoderFeatureTap(nn.Sequential(nn.Conv2d(1, 2, 3)), (-1,))
 
 

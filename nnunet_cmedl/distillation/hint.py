@@ -10,6 +10,8 @@ import torch
 from torch import nn
 from torch._dynamo import OptimizedModule
 
+from nnunet_cmedl.errors import UnsupportedSetup
+
 
 def unwrap(network: nn.Module) -> nn.Module:
     """The plain module under DDP / torch.compile wrappers."""
@@ -27,6 +29,39 @@ def resolve_stage_indices(num_stages: int, indices: Sequence[int]) -> List[int]:
     return sorted({i % num_stages for i in indices})
 
 
+# what DecoderFeatureTap walks: dynamic-network-architectures' U-Nets (PlainConvUNet, ResidualEncoderUNet, ResidualUNet)
+DECODER_LAYOUT = ("encoder", "decoder", "decoder.stages", "decoder.transpconvs", "decoder.seg_layers",
+                  "decoder.deep_supervision")
+
+
+def check_decoder_layout(network: nn.Module) -> None:
+    """Raise ``UnsupportedSetup`` (one line, naming the network class and what it lacks) unless ``network`` has the
+    decoder layout the hint's feature tap walks."""
+    missing = [path for path in DECODER_LAYOUT if _lacks(network, path)]
+    if not missing:
+        decoder = network.decoder
+        lengths = {name: len(getattr(decoder, name)) for name in ("stages", "transpconvs", "seg_layers")}
+        if len(set(lengths.values())) == 1:
+            return
+        missing = ["one transposed conv and one segmentation layer per decoder stage (decoder " + ", ".join(
+            f"{name}: {n}" for name, n in lengths.items()) + ")"]
+    cls = type(network)
+    raise UnsupportedSetup(
+        f"network {cls.__module__}.{cls.__qualname__} has no {', '.join(missing)}: CMEDL's hint taps the last "
+        f"decoder stages of a dynamic-network-architectures U-Net (encoder, then decoder.transpconvs, "
+        f"decoder.stages and decoder.seg_layers: PlainConvUNet, ResidualEncoderUNet, ResidualUNet). Set one of "
+        f"these as architecture.network_class_name in the plans, or override build_feature_tap in a trainer "
+        f"subclass")
+
+
+def _lacks(obj, path: str) -> bool:
+    for name in path.split("."):
+        if not hasattr(obj, name):
+            return True
+        obj = getattr(obj, name)
+    return False
+
+
 class DecoderFeatureTap(nn.Module):
     """The U-Net's own forward (encoder, then decoder) that also returns the outputs of chosen decoder stages:
     ``tap(x) -> (network output, [features])``.
@@ -41,15 +76,9 @@ class DecoderFeatureTap(nn.Module):
     def __init__(self, network: nn.Module, stage_indices: Sequence[int]):
         super().__init__()
         net = unwrap(network)
-        decoder = getattr(net, "decoder", None)
-        missing = [a for a in ("stages", "transpconvs", "seg_layers", "deep_supervision")
-                   if not hasattr(decoder, a)] if decoder is not None else ["decoder"]
-        if missing or not hasattr(net, "encoder"):
-            raise TypeError(f"{type(net).__name__} has no {'/'.join(missing) or 'encoder'}: the hint needs a "
-                            f"dynamic-network-architectures U-Net (encoder + decoder.stages/transpconvs/seg_layers) "
-                            f"or an override of nnUNetTrainerCMEDL.build_feature_tap")
+        check_decoder_layout(net)
         self.network = net
-        self.stage_indices = tuple(resolve_stage_indices(len(decoder.stages), stage_indices))
+        self.stage_indices = tuple(resolve_stage_indices(len(net.decoder.stages), stage_indices))
 
     def forward(self, x):
         net = self.network

@@ -6,7 +6,9 @@
   built, and gives nnU-Net's data-augmentation worker processes seeds derived from it. With
   ``nnUNet_n_proc_DA=0`` (batches made in the main process) and on the CPU, a run repeats bit for bit; with worker
   processes each worker's random stream repeats, but the order in which workers deliver batches does not (nnU-Net's
-  ``NonDetMultiThreadedAugmenter``), and CUDA kernels are not forced to be deterministic.
+  ``NonDetMultiThreadedAugmenter``), and CUDA kernels are not forced to be deterministic. Multi-GPU: rank 0 uses
+  ``seed``, the other ranks seeds derived from (seed, rank) (``ddp.rank_seed``), so that they draw other batches;
+  DDP gives every rank rank 0's initial weights.
 - ``curve_checkpoint_every`` (0: off): every that many epochs, ``checkpoint_epoch_NNNN.pth`` beside nnU-Net's
   checkpoints, holding what ``nnUNetv2_predict -chk`` needs (the network weights, init args, trainer name,
   mirroring axes) and nothing to resume from: learning curves from one run, evaluated on test data afterwards.
@@ -22,6 +24,7 @@ import nnunetv2.training.nnUNetTrainer.nnUNetTrainer as nnunet_trainer_module
 from batchgenerators.dataloading.nondet_multi_threaded_augmenter import NonDetMultiThreadedAugmenter
 
 from nnunet_cmedl.distillation.hint import unwrap
+from nnunet_cmedl.training.ddp import rank_seed
 from mri_unpaired.atomic import atomic_path
 
 CURVE_CHECKPOINT_PATTERN = "checkpoint_epoch_{:04d}.pth"
@@ -68,12 +71,12 @@ class ExperimentMixin:
 
     def initialize(self):
         if self.seed is not None:
-            seed_everything(self.seed)
+            seed_everything(rank_seed(self.seed, self.local_rank))
             self.print_to_log_file(f"seed {self.seed}: random, numpy and torch seeded before building the networks")
         super().initialize()
 
     def get_dataloaders(self):
-        with seeded_nnunet_augmenters(self.seed):
+        with seeded_nnunet_augmenters(rank_seed(self.seed, self.local_rank)):
             return super().get_dataloaders()
 
     def on_epoch_end(self):

@@ -17,6 +17,7 @@ from typing import List
 
 import numpy as np
 import torch
+import torch.distributed as dist
 from torch import autocast, nn
 from torch.amp import GradScaler
 
@@ -33,6 +34,7 @@ from nnunet_cmedl.distillation.teacher import SegmenterOnPseudoMRI, scale_gradie
 from nnunet_cmedl.i2i import I2I_METHODS, build_i2i
 from nnunet_cmedl.i2i.networks import I2IArchitecture
 from nnunet_cmedl.training import figures
+from nnunet_cmedl.training.ddp import TrainingPass, all_ranks_agree, gather_from_all_ranks, rank_seed, wrap_in_ddp
 from nnunet_cmedl.training.experiment import ExperimentMixin, worker_seeds
 from nnunet_cmedl.training.lr_schedulers import constant_then_linear_decay, set_epoch
 from mri_unpaired.atomic import atomic_path, remove_stale_temps
@@ -57,9 +59,6 @@ class nnUNetTrainerCMEDL(ExperimentMixin, nnUNetTrainer):
     def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
                  device: torch.device = torch.device('cuda')):
         super().__init__(plans, configuration, fold, dataset_json, device)
-        if self.is_ddp:
-            raise NotImplementedError("nnUNetTrainerCMEDL does not support multi-GPU training (-num_gpus > 1) yet: "
-                                      "the teacher and I2I networks are not wrapped in DDP. Train on one GPU.")
         # ---- CMEDL hyperparameters (where each default comes from) ----
         self.i2i_method = 'cyclegan'             # CMEDL paper: CycleGAN or CUT (nnUNetTrainerCMEDL_CUT/_FastCUT)
         self.lambda_adversarial = 1.0            # CycleGAN/CUT: adversarial terms weighted 1
@@ -108,6 +107,9 @@ class nnUNetTrainerCMEDL(ExperimentMixin, nnUNetTrainer):
 
         self.teacher = self.i2i = self.teacher_on_pseudo_mri = None
         self.student_tap = self.teacher_tap = None
+        # what the training step calls for the I2I method's two passes: its own methods, or (multi-GPU) DDP modules
+        # running them (wrap_cmedl_networks_in_ddp; the taps likewise)
+        self.i2i_generator_pass = self.i2i_discriminator_loss = None
         self.optimizer_teacher = self.lr_scheduler_teacher = None
         self.optimizer_generators = self.lr_scheduler_generators = None
         self.optimizer_discriminators = self.lr_scheduler_discriminators = None
@@ -130,6 +132,9 @@ class nnUNetTrainerCMEDL(ExperimentMixin, nnUNetTrainer):
         self._register_log_keys()
         if self._do_i_compile():
             self.compile_cmedl_networks()
+        self.i2i_generator_pass, self.i2i_discriminator_loss = self.i2i.generator_pass, self.i2i.discriminator_loss
+        if self.is_ddp:
+            self.wrap_cmedl_networks_in_ddp()
 
     def build_teacher(self) -> nn.Module:
         """nnU-Net's network for the pseudo-MRI (the plans' architecture, MRI channels in)."""
@@ -168,6 +173,20 @@ class nnUNetTrainerCMEDL(ExperimentMixin, nnUNetTrainer):
             module.compile(**compile_kwargs)
         self.i2i.compile_networks(**compile_kwargs)
 
+    def wrap_cmedl_networks_in_ddp(self):
+        """Multi-GPU (-num_gpus): every network with an optimiser in DDP, as the pass that trains it (training/ddp.py):
+        the student and the teacher as their feature taps, the generators (CUT: with its MLP heads) as the I2I
+        method's generator pass, the discriminators as its discriminator loss. nnU-Net's own DDP of ``self.network``
+        stays for validation and the final validation, which run without gradients (its reducer never arms)."""
+        if self.student_tap is not None:
+            self.student_tap = wrap_in_ddp(TrainingPass(self.student_tap, [unwrap(self.network)]), self.device)
+        if self.teacher_tap is not None:
+            self.teacher_tap = wrap_in_ddp(TrainingPass(self.teacher_tap, [unwrap(self.teacher)]), self.device)
+        self.i2i_generator_pass = wrap_in_ddp(TrainingPass(self.i2i.generator_pass, self.i2i.generator_modules()),
+                                              self.device)
+        self.i2i_discriminator_loss = wrap_in_ddp(
+            TrainingPass(self.i2i.discriminator_loss, self.i2i.discriminator_modules()), self.device)
+
     def configure_cmedl_optimizers(self):
         """The teacher like nnU-Net's student (SGD + PolyLR); the GAN part like CycleGAN (Adam, constant-then-linear)."""
         lr = self.initial_lr if self.teacher_initial_lr is None else self.teacher_initial_lr
@@ -192,7 +211,7 @@ class nnUNetTrainerCMEDL(ExperimentMixin, nnUNetTrainer):
         # loss trains the teacher and (weighted lambda_teacher_seg_on_generator) the generator; the student on CT;
         # the hint pulling the student's decoder features toward the teacher's
         with self._autocast():
-            i2i = self.i2i.generator_pass(ct, mri)
+            i2i = self.i2i_generator_pass(ct, mri)
             output_teacher, teacher_features = self.teacher_tap(
                 scale_gradient(i2i.pseudo_mri, self.lambda_teacher_seg_on_generator))
             output_student, student_features = self.student_tap(ct)
@@ -218,7 +237,7 @@ class nnUNetTrainerCMEDL(ExperimentMixin, nnUNetTrainer):
     def discriminator_step(self, ct, mri, i2i) -> torch.Tensor:
         """The discriminators' update: real vs. fake (CycleGAN: pooled fakes), with their own grad scaler."""
         with self._autocast():
-            loss = self.i2i.discriminator_loss(ct, mri, i2i.fakes)
+            loss = self.i2i_discriminator_loss(ct, mri, i2i.fakes)
         self._optimize(loss, self.grad_scaler_discriminators, {
             'discriminators': (self.optimizer_discriminators, self.i2i.discriminator_parameters(), [loss])})
         return loss
@@ -250,7 +269,10 @@ class nnUNetTrainerCMEDL(ExperimentMixin, nnUNetTrainer):
         for _, parameters, terms in networks.values():
             norm = torch.nn.utils.clip_grad_norm_(list(parameters), self.grad_clip_norm)
             checks.append(torch.stack([norm.to(self.device)] + [t.detach().float() for t in terms]).sum())
-        finite = torch.isfinite(torch.stack(checks)).tolist()
+        finite = torch.isfinite(torch.stack(checks))
+        if self.is_ddp:  # every rank takes the same decision, or the ranks' weights part (and DDP may wait forever)
+            finite = all_ranks_agree(finite)
+        finite = finite.tolist()
         for (name, (optimizer, _, _)), ok in zip(networks.items(), finite):
             if ok:
                 optimizer.step() if grad_scaler is None else grad_scaler.step(optimizer)
@@ -292,8 +314,10 @@ class nnUNetTrainerCMEDL(ExperimentMixin, nnUNetTrainer):
         # no segmentation and cost less to augment: half of nnU-Net's worker processes (none if it uses none)
         workers = get_allowed_n_proc_DA()
         workers = workers and max(1, workers // 2)
-        self.dataloader_mri = get_unpaired_mri_dataloader(self, num_processes=workers,
-                                                          seeds=worker_seeds(self.seed, 2, workers))
+        # multi-GPU: one loader per rank, with the rank's batch size (nnU-Net splits the configuration's batch size
+        # over the ranks) and, in a seeded run, the rank's seeds: the ranks see different MRI patches
+        self.dataloader_mri = get_unpaired_mri_dataloader(
+            self, num_processes=workers, seeds=worker_seeds(rank_seed(self.seed, self.local_rank), 2, workers))
         super().on_train_start()
         self._restore_rng_state()  # after the loaders' start-up batches (resumed runs only)
         self._rng_state_to_restore = None
@@ -315,7 +339,7 @@ class nnUNetTrainerCMEDL(ExperimentMixin, nnUNetTrainer):
         self.lr_scheduler_teacher.step(self.current_epoch)  # nnU-Net's PolyLR, like the student's
         for scheduler in (self.lr_scheduler_generators, self.lr_scheduler_discriminators):
             set_epoch(scheduler, self.current_epoch)
-        self._snapshot_due = self.current_epoch % self.save_snapshot_every == 0
+        self._snapshot_due = self.local_rank == 0 and self.current_epoch % self.save_snapshot_every == 0
         weight = self.hint_weight(self.current_epoch)
         if weight != self.lambda_hint:
             self.print_to_log_file(f"hint weight this epoch: {weight:.4g} (lambda_hint {self.lambda_hint}, "
@@ -339,6 +363,8 @@ class nnUNetTrainerCMEDL(ExperimentMixin, nnUNetTrainer):
     def on_train_epoch_end(self, train_outputs: List[dict]):
         super().on_train_epoch_end(train_outputs)
         collated = collate_outputs(train_outputs)
+        if self.is_ddp:  # every rank's iterations, like nnU-Net's train loss (the skip counts agree already)
+            collated = gather_from_all_ranks({name: collated[name] for name in self.train_loss_names()})
         for name in self.train_loss_names():
             self.logger.log('cmedl_' + name, float(np.mean(collated[name])), self.current_epoch)
         for name in self.optimized_networks:
@@ -366,6 +392,9 @@ class nnUNetTrainerCMEDL(ExperimentMixin, nnUNetTrainer):
     def on_validation_epoch_end(self, val_outputs: List[dict]):
         super().on_validation_epoch_end(val_outputs)
         c = collate_outputs(val_outputs)
+        if self.is_ddp:  # every rank's validation batches, like nnU-Net's pseudo-Dice: the ranks' gates agree
+            c = gather_from_all_ranks({'teacher_' + k: c['teacher_' + k]
+                                       for k in ('tp_hard', 'fp_hard', 'fn_hard', 'loss')})
         tp, fp, fn = (np.sum(c['teacher_' + k], 0) for k in ('tp_hard', 'fp_hard', 'fn_hard'))
         self.logger.log('cmedl_teacher_val_loss', float(np.mean(c['teacher_loss'])), self.current_epoch)
         self.logger.log('cmedl_teacher_pseudo_dice_pmri', float(np.nanmean(2 * tp / (2 * tp + fp + fn))),
@@ -399,6 +428,14 @@ class nnUNetTrainerCMEDL(ExperimentMixin, nnUNetTrainer):
 
     # ------------------------------------------------------------------ checkpoints
     def save_checkpoint(self, filename: str) -> None:
+        # the random streams, so that a resumed seeded run draws what the uninterrupted one would have drawn (in the
+        # main process; data-augmentation workers restart with their seeds). Multi-GPU: every rank's, gathered (nnU-Net
+        # calls save_checkpoint on every rank, under the same conditions); the file is rank 0's to write
+        rng = {'python': random.getstate(), 'numpy': np.random.get_state(), 'torch': torch.get_rng_state()}
+        rng_per_rank = None
+        if self.is_ddp and not self.disable_checkpointing:
+            rng_per_rank = [None] * dist.get_world_size()
+            dist.all_gather_object(rng_per_rank, rng)
         if self.local_rank != 0:
             return
         if self.disable_checkpointing:
@@ -425,11 +462,10 @@ class nnUNetTrainerCMEDL(ExperimentMixin, nnUNetTrainer):
             'cmedl_lr_scheduler_states': {k: s.state_dict() for k, s in self._cmedl_lr_schedulers().items()},
             'cmedl_grad_scaler_states': {k: (s.state_dict() if s is not None else None)
                                          for k, s in self._cmedl_grad_scalers().items()},
-            # the random streams, so that a resumed seeded run draws what the uninterrupted one would have drawn
-            # (in the main process; data-augmentation workers restart with their seeds)
-            'cmedl_rng_state': {'python': random.getstate(), 'numpy': np.random.get_state(),
-                                'torch': torch.get_rng_state()},
+            'cmedl_rng_state': rng,  # rank 0's in a multi-GPU run: what a single-process resume restores
         }
+        if rng_per_rank is not None:
+            checkpoint['cmedl_rng_state_per_rank'] = rng_per_rank
         remove_stale_temps(filename)  # what a killed save left
         with atomic_path(filename) as tmp:  # a killed run never leaves a truncated checkpoint under the real name
             torch.save(checkpoint, tmp)
@@ -475,8 +511,19 @@ class nnUNetTrainerCMEDL(ExperimentMixin, nnUNetTrainer):
         # checkpoints of nnunet-cmedl 0.1 kept CycleGAN's image pools under 'cmedl_image_pools'
         self.i2i.load_extra_state(checkpoint['cmedl_i2i_state'] if 'cmedl_i2i_state' in checkpoint
                                   else {'image_pools': checkpoint['cmedl_image_pools']}, self.device)
-        self._rng_state_to_restore = checkpoint.get('cmedl_rng_state')
+        self._rng_state_to_restore = self._rng_state_of_this_rank(checkpoint)
         self._restore_rng_state()
+
+    def _rng_state_of_this_rank(self, checkpoint: dict):
+        """The random streams this process restores: the saved ones; multi-GPU: this rank's, where the checkpoint has one
+        per rank of a run of this size, else rank 0 restores the saved ones and the others keep their own (seeded by
+        rank, never rank 0's, which would make the ranks draw the same batches)."""
+        if not self.is_ddp:
+            return checkpoint.get('cmedl_rng_state')
+        per_rank = checkpoint.get('cmedl_rng_state_per_rank')
+        if per_rank is not None and len(per_rank) == dist.get_world_size():
+            return per_rank[self.local_rank]
+        return checkpoint.get('cmedl_rng_state') if self.local_rank == 0 else None
 
     def _restore_rng_state(self):
         """The random streams as saved; again once the data loaders have drawn their start-up batches, so that a

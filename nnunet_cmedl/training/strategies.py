@@ -21,6 +21,7 @@ from nnunet_cmedl.distillation.hint import unwrap
 from nnunet_cmedl.distillation.teacher import SegmenterOnPseudoMRI, scale_gradient
 from nnunet_cmedl.i2i import I2I_METHODS
 from nnunet_cmedl.i2i.networks import I2IArchitecture, ResnetGenerator, init_weights_normal
+from nnunet_cmedl.training.ddp import TrainingPass, wrap_in_ddp
 from nnunet_cmedl.training.nnUNetTrainerCMEDL import nnUNetTrainerCMEDL
 
 MRI_CHANNELS = 1
@@ -41,6 +42,7 @@ class nnUNetTrainerPseudoMRI(nnUNetTrainerCMEDL):
         for name, value in self.generator_settings.items():
             setattr(self, name, value)
         self.lambda_hint = 0.0  # no student, no hint
+        self.segmenter_pass = None  # what the training step calls: the network's segment, or (multi-GPU) DDP of it
 
     @classmethod
     def build_network_architecture(cls, plans_manager, configuration_manager, num_input_channels: int,
@@ -84,6 +86,13 @@ class nnUNetTrainerPseudoMRI(nnUNetTrainerCMEDL):
     def build_feature_tap(self, network):
         return None  # no hint
 
+    def wrap_cmedl_networks_in_ddp(self):
+        """Multi-GPU: the I2I method's passes as in CMEDL (the generator pass trains the deployed network's generator),
+        and the segmenter as its segmentation of [CT,] pMRI."""
+        super().wrap_cmedl_networks_in_ddp()
+        network = unwrap(self.network)
+        self.segmenter_pass = wrap_in_ddp(TrainingPass(network.segment, [network.segmenter]), self.device)
+
     def compile_cmedl_networks(self, **compile_kwargs):
         self.print_to_log_file('Using torch.compile for the I2I networks...')
         self.i2i.compile_networks(**compile_kwargs)
@@ -103,9 +112,10 @@ class nnUNetTrainerPseudoMRI(nnUNetTrainerCMEDL):
         ct, target = self._batch_to_device(batch)
         mri = next(self.dataloader_mri)['data'].to(self.device, non_blocking=True)
         network = unwrap(self.network)
+        segment = network.segment if self.segmenter_pass is None else self.segmenter_pass
         with self._autocast():
-            i2i = self.i2i.generator_pass(ct, mri)
-            output = network.segment(ct, scale_gradient(i2i.pseudo_mri, self.lambda_teacher_seg_on_generator))
+            i2i = self.i2i_generator_pass(ct, mri)
+            output = segment(ct, scale_gradient(i2i.pseudo_mri, self.lambda_teacher_seg_on_generator))
             loss_seg = self.loss(output, target)
             loss = i2i.loss + loss_seg
         self._optimize(loss, self.grad_scaler, {
