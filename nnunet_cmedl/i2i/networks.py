@@ -19,7 +19,7 @@ Departures from the CycleGAN reference, and why:
 import dataclasses
 import pydoc
 from dataclasses import dataclass
-from typing import List, Sequence, Type
+from typing import List, Optional, Sequence, Type
 
 import torch
 from torch import nn
@@ -33,6 +33,9 @@ class I2IArchitecture:
     kernel_sizes: List[List[int]]      # one per resolution stage, from the plans
     strides: List[List[int]]           # stride into each stage, from the plans (strides[0] is all ones)
     padding_mode: str = "replicate"    # of every conv ("zeros", "replicate")
+    # a cascade's second stage: how many of the input channels are image channels (the others carry the previous
+    # stage's segmentation, which the I2I method must not translate: cascade.py); None elsewhere
+    image_channels: Optional[int] = None
 
     def with_padding(self, padding_mode: str) -> "I2IArchitecture":
         return dataclasses.replace(self, padding_mode=padding_mode)
@@ -43,9 +46,11 @@ class I2IArchitecture:
         conv_op = kwargs["conv_op"]
         conv_op = pydoc.locate(conv_op) if isinstance(conv_op, str) else conv_op
         dim = 2 if conv_op is nn.Conv2d else 3
+        cascade = configuration_manager.previous_stage_name is not None
         return cls(conv_op=conv_op, norm_op=nn.InstanceNorm2d if dim == 2 else nn.InstanceNorm3d,
                    kernel_sizes=[list(k) for k in kwargs["kernel_sizes"]],
-                   strides=[list(s) for s in kwargs["strides"]])
+                   strides=[list(s) for s in kwargs["strides"]],
+                   image_channels=len(configuration_manager.normalization_schemes) if cascade else None)
 
     @property
     def transposed_conv_op(self) -> Type[nn.Module]:

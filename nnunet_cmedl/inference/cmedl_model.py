@@ -109,6 +109,7 @@ def load_cmedl_model(model_folder, fold: Union[int, str] = 0, checkpoint_name: s
 
     from nnunet_cmedl.i2i import build_i2i
     from nnunet_cmedl.i2i.networks import I2IArchitecture
+    from nnunet_cmedl.i2i.cascade import previous_stage_channels
 
     model_folder = Path(model_folder)
     device = resolve_device(device)
@@ -161,7 +162,8 @@ def load_cmedl_model(model_folder, fold: Union[int, str] = 0, checkpoint_name: s
 
     student = _build(trainer_class, plans_manager, configuration_manager, num_input_channels, num_heads)
     _load_weights(student, checkpoint["network_weights"], "student (network_weights)", checkpoint_file)
-    teacher = _build(trainer_class, plans_manager, configuration_manager, mri_channels, num_heads)
+    teacher = _build(trainer_class, plans_manager, configuration_manager,  # cascade: + the previous stage's channels
+                     mri_channels + previous_stage_channels(configuration_manager, num_input_channels), num_heads)
     _load_weights(teacher, checkpoint["cmedl_teacher_weights"], "teacher (cmedl_teacher_weights)", checkpoint_file)
     i2i = build_i2i(checkpoint.get("cmedl_i2i_method", "cyclegan"),
                     I2IArchitecture.from_configuration(configuration_manager), **i2i_kwargs)

@@ -32,6 +32,7 @@ from nnunet_cmedl.checkpoint_io import load_checkpoint
 from nnunet_cmedl.distillation.hint import DecoderFeatureTap, hint_loss, unwrap
 from nnunet_cmedl.distillation.teacher import SegmenterOnPseudoMRI, scale_gradient
 from nnunet_cmedl.i2i import I2I_METHODS, build_i2i
+from nnunet_cmedl.i2i.cascade import previous_stage_channels
 from nnunet_cmedl.i2i.networks import I2IArchitecture
 from nnunet_cmedl.training import figures
 from nnunet_cmedl.training.ddp import TrainingPass, all_ranks_agree, gather_from_all_ranks, rank_seed, wrap_in_ddp
@@ -137,9 +138,11 @@ class nnUNetTrainerCMEDL(ExperimentMixin, nnUNetTrainer):
             self.wrap_cmedl_networks_in_ddp()
 
     def build_teacher(self) -> nn.Module:
-        """nnU-Net's network for the pseudo-MRI (the plans' architecture, MRI channels in)."""
+        """nnU-Net's network for the pseudo-MRI (the plans' architecture, MRI channels in; in a cascade's second
+        stage also the previous stage's segmentation, like the student: i2i/cascade.py)."""
         return self.build_network_architecture(
-            self.plans_manager, self.configuration_manager, self.mri_num_channels,
+            self.plans_manager, self.configuration_manager,
+            self.mri_num_channels + previous_stage_channels(self.configuration_manager, self.num_input_channels),
             self.label_manager.num_segmentation_heads, self.enable_deep_supervision).to(self.device)
 
     def build_i2i_method(self):

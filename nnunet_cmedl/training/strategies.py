@@ -20,6 +20,7 @@ from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 from nnunet_cmedl.distillation.hint import unwrap
 from nnunet_cmedl.distillation.teacher import SegmenterOnPseudoMRI, scale_gradient
 from nnunet_cmedl.i2i import I2I_METHODS
+from nnunet_cmedl.i2i.cascade import refuse_cascade
 from nnunet_cmedl.i2i.networks import I2IArchitecture, ResnetGenerator, init_weights_normal
 from nnunet_cmedl.training.ddp import TrainingPass, wrap_in_ddp
 from nnunet_cmedl.training.nnUNetTrainerCMEDL import nnUNetTrainerCMEDL
@@ -61,6 +62,7 @@ class nnUNetTrainerPseudoMRI(nnUNetTrainerCMEDL):
 
     # ------------------------------------------------------------------ building: the segmenter is the teacher
     def initialize(self):
+        refuse_cascade(self, "the generator would translate with the image")
         differ = {k: getattr(self, k) for k, v in self.generator_settings.items() if getattr(self, k) != v}
         if differ:
             raise ValueError(f"{self.__class__.__name__}: generator sizes {differ} differ from the class attribute "
