@@ -122,7 +122,14 @@ def train_until_first_checkpoint(commands: dict, folds: dict, env, logs: Path) -
                 checkpoints[key] = torch.load(latest, map_location="cpu", weights_only=False)
             elif s.process.poll() is not None:
                 s.finish()
-                raise AssertionError(f"{' '.join(s.cmd)} ended before its first checkpoint")
+                final = folds[key] / "checkpoint_final.pth"
+                if not final.is_file():
+                    raise AssertionError(f"{' '.join(s.cmd)} ended before its first checkpoint")
+                # it finished between two looks (a loaded machine starves this loop): rewind it to its state after
+                # epoch 0 instead, as conftest.resume_mid_run does
+                checkpoints[key] = dict(torch.load(final, map_location="cpu", weights_only=False), current_epoch=1)
+                torch.save(checkpoints[key], latest)
+                final.rename(folds[key] / "checkpoint_final_first.pth")
         time.sleep(0.1)
     for key, s in started.items():
         if key not in checkpoints:
