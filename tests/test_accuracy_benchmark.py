@@ -294,6 +294,8 @@ def test_demo_and_benchmark_reuse_a_synthetic_dataset_only_with_the_same_setting
 
 def test_benchmark_cli_refuses_seeds_without_trainers(capsys):
     from nnunet_cmedl.cli import main
-    assert main(["benchmark", "--seeds", "0", "9", "--workdir", "/nonexistent/x"]) != 0
+    from nnunet_cmedl.training.benchmark_trainers import SEEDS
+    # a seed just past the generated trainers (a valid one would start a real, hours-long benchmark)
+    assert main(["benchmark", "--seeds", "0", str(SEEDS.stop), "--workdir", "/nonexistent/x"]) != 0
     err = capsys.readouterr().err
-    assert "seeds 0-4" in err and "Traceback" not in err
+    assert f"seeds {SEEDS.start}-{SEEDS.stop - 1}" in err and "Traceback" not in err
