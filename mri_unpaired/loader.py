@@ -1,6 +1,7 @@
-"""Random patches of the preprocessed unpaired MRI, batched and augmented like the CT training batches.
+"""Random patches of the preprocessed unpaired volumes (MRI or CT), batched and augmented like the labelled training
+batches.
 
-``get_unpaired_mri_dataloader(trainer)`` reads everything from an initialised ``nnUNetTrainer`` (or subclass): batch
+``get_unpaired_dataloader(trainer)`` finds the trainer's unpaired folder (``find_unpaired_folder``) and reads everything from an initialised ``nnUNetTrainer`` (or subclass): batch
 size, patch size, the initial (rotation-safe) patch size, rotation, dummy-2D and mirroring settings, and the
 trainer's own ``get_training_transforms`` hook, applied to an image-only dict (batchgeneratorsv2 transforms skip an
 absent 'segmentation'). Batches are ``{'data': float32 tensor (B, 1, *patch_size), 'keys': case names}``, produced in
@@ -22,12 +23,13 @@ from nnunetv2.utilities.default_n_proc_DA import get_allowed_n_proc_DA
 from threadpoolctl import threadpool_limits
 
 from mri_unpaired.errors import UserInputError
-from mri_unpaired.paths import CASE_DATA_ENDING, case_files, read_manifest, unpaired_mri_folder
+from mri_unpaired.modality import DEFAULT_MODALITY, MODALITIES, labelled_modality_guess
+from mri_unpaired.paths import CASE_DATA_ENDING, case_files, read_manifest, unpaired_folder
 from mri_unpaired.plans import geometry_hash
 
 
-def list_unpaired_mri_cases(folder: str) -> list:
-    """Case names of a preprocessed MRI folder: those of its manifest whose files exist (the manifest is written
+def list_unpaired_cases(folder: str) -> list:
+    """Case names of a preprocessed unpaired folder: those of its manifest whose files exist (the manifest is written
     last, so a case is listed only once complete); without a manifest, every non-hidden ``<case>.b2nd`` with its
     ``.pkl``."""
     if not os.path.isdir(folder):
@@ -41,13 +43,13 @@ def list_unpaired_mri_cases(folder: str) -> list:
     return sorted(c for c in names if all(os.path.isfile(f) for f in case_files(folder, c)))
 
 
-class UnpairedMRIDataset:
-    """Preprocessed MRI cases (image only), opened memory-mapped like ``nnUNetDatasetBlosc2``."""
+class UnpairedDataset:
+    """Preprocessed unpaired cases (image only), opened memory-mapped like ``nnUNetDatasetBlosc2``."""
 
     def __init__(self, folder: str, identifiers=None):
         import blosc2
         self.source_folder = folder
-        self.identifiers = sorted(list_unpaired_mri_cases(folder) if identifiers is None else identifiers)
+        self.identifiers = sorted(list_unpaired_cases(folder) if identifiers is None else identifiers)
         blosc2.set_nthreads(1)
         # mmap does not work on Windows (as in nnUNetDatasetBlosc2)
         self.mmap_kwargs = {} if os.name == "nt" else {"mmap_mode": "r"}
@@ -74,12 +76,12 @@ class _NoLabels:
     has_ignore_label = False
 
 
-class UnpairedMRIDataLoader(nnUNetDataLoader):
+class UnpairedDataLoader(nnUNetDataLoader):
     """nnU-Net's training data loader without labels: uniform random patches (nnU-Net's get_bbox and padding, no
     foreground oversampling), 2D configurations as random slices (pseudo-3D with a singleton, like nnU-Net), the
     transforms applied per sample to ``{'image': ...}``."""
 
-    def __init__(self, data: UnpairedMRIDataset, batch_size: int, patch_size, final_patch_size, transforms=None,
+    def __init__(self, data: UnpairedDataset, batch_size: int, patch_size, final_patch_size, transforms=None,
                  sampling_probabilities=None):
         super().__init__(data, batch_size, patch_size, final_patch_size, _NoLabels(),
                          oversample_foreground_percent=0.0, sampling_probabilities=sampling_probabilities,
@@ -105,23 +107,23 @@ class UnpairedMRIDataLoader(nnUNetDataLoader):
         return {"data": data_all, "keys": selected_keys}
 
 
-def make_unpaired_mri_augmenter(folder: str, batch_size: int, patch_size, initial_patch_size=None, transforms=None,
+def make_unpaired_augmenter(folder: str, batch_size: int, patch_size, initial_patch_size=None, transforms=None,
                                 num_processes: int = None, pin_memory: bool = False, identifiers=None,
                                 num_cached: int = None, seeds=None):
-    """The lower-level constructor (no trainer needed): an endless augmenter of MRI batches from ``folder``.
+    """The lower-level constructor (no trainer needed): an endless augmenter of unpaired batches from ``folder``.
 
     patch_size: final patch size (2 or 3 entries); initial_patch_size: the larger patch cropped before the spatial
     transform (defaults to patch_size); transforms: a batchgeneratorsv2 transform or None; num_processes: worker
     processes (default ``get_allowed_n_proc_DA()``; 0 gives a SingleThreadedAugmenter); seeds: one per worker
     process (None: unseeded)."""
-    dataset = UnpairedMRIDataset(folder, identifiers)
+    dataset = UnpairedDataset(folder, identifiers)
     if len(dataset) == 0:
-        raise UserInputError(f"{folder}: no preprocessed MRI cases")
+        raise UserInputError(f"{folder}: no preprocessed unpaired cases")
     patch_size = [int(i) for i in patch_size]
     initial_patch_size = patch_size if initial_patch_size is None else [int(i) for i in initial_patch_size]
     if len(initial_patch_size) != len(patch_size):
         raise ValueError(f"initial_patch_size {initial_patch_size} and patch_size {patch_size} differ in length")
-    dl = UnpairedMRIDataLoader(dataset, int(batch_size), initial_patch_size, patch_size, transforms)
+    dl = UnpairedDataLoader(dataset, int(batch_size), initial_patch_size, patch_size, transforms)
     n = get_allowed_n_proc_DA() if num_processes is None else int(num_processes)
     if n == 0:
         return SingleThreadedAugmenter(dl, None)
@@ -130,32 +132,58 @@ def make_unpaired_mri_augmenter(folder: str, batch_size: int, patch_size, initia
                                         pin_memory=pin_memory, wait_time=0.002)
 
 
-def preprocess_mri_command(trainer) -> str:
-    """The command that creates the MRI folder a trainer reads."""
+def preprocess_unpaired_command(trainer, modality: str) -> str:
+    """The command that creates the unpaired folder a trainer reads."""
     pm = trainer.plans_manager
     plans = "" if pm.plans_name == "nnUNetPlans" else f" -p {pm.plans_name}"
-    return (f"nnunet_cmedl preprocess-mri -d {pm.dataset_name} -c {trainer.configuration_name}{plans} "
-            f"-i /path/to/mri_folder")
+    return (f"nnunet_cmedl preprocess-unpaired -d {pm.dataset_name} -c {trainer.configuration_name}{plans} "
+            f"--modality {modality} -i /path/to/unpaired_{modality.lower()}_folder")
 
 
-def get_unpaired_mri_dataloader(trainer, num_processes: int = None, seeds=None):
-    """Endless augmenter of MRI batches with the CT training loader's batch size, patch sizes and augmentation.
+def find_unpaired_folder(trainer, modality: str = None):
+    """``(folder, modality, why)`` of the unpaired volumes a trainer reads.
+
+    ``modality`` (a trainer's ``unpaired_modality``) picks that modality's folder. Without it: the one unpaired folder
+    that exists for the configuration; if both exist, the modality other than the labelled one (CT when the plans
+    normalise the labelled channel with nnU-Net's CT scheme, MRI otherwise). ``why`` says which rule decided, for
+    the training log."""
+    if trainer.preprocessed_dataset_folder is None:
+        raise UserInputError("environment variable nnUNet_preprocessed is not set; the trainer cannot find the "
+                             "preprocessed unpaired volumes")
+    labelled = labelled_modality_guess(trainer.configuration_manager.normalization_schemes)
+    other = "MRI" if labelled == "CT" else "CT"
+    if modality is not None:
+        return unpaired_folder(trainer.preprocessed_dataset_folder, modality), modality, "the trainer's unpaired_modality"
+    existing = [m for m in MODALITIES if os.path.isdir(unpaired_folder(trainer.preprocessed_dataset_folder, m))]
+    if len(existing) == 1:
+        return (unpaired_folder(trainer.preprocessed_dataset_folder, existing[0]), existing[0],
+                "the only unpaired folder of this configuration")
+    if not existing:
+        folder = unpaired_folder(trainer.preprocessed_dataset_folder, other)
+        raise UserInputError(f"{folder}: no preprocessed unpaired volumes for configuration "
+                             f"{trainer.configuration_name}; create them with: "
+                             f"{preprocess_unpaired_command(trainer, other)}")
+    return (unpaired_folder(trainer.preprocessed_dataset_folder, other), other,
+            f"both unpaired folders exist; the labelled channel is normalised as {labelled}")
+
+
+def get_unpaired_dataloader(trainer, num_processes: int = None, seeds=None, modality: str = None):
+    """Endless augmenter of unpaired batches with the labelled training loader's batch size, patch sizes and
+    augmentation, from ``find_unpaired_folder(trainer, modality)``.
 
     Call it after ``trainer.initialize()`` (which sets ``trainer.batch_size``). The batches hold
     ``'data'`` (B, 1, *patch_size) float32 and ``'keys'``."""
-    if trainer.preprocessed_dataset_folder is None:
-        raise UserInputError("environment variable nnUNet_preprocessed is not set; the trainer cannot find the "
-                             "preprocessed unpaired MRI")
-    folder = unpaired_mri_folder(trainer.preprocessed_dataset_folder)
-    cmd = preprocess_mri_command(trainer)
+    folder, modality, _why = find_unpaired_folder(trainer, modality)
+    cmd = preprocess_unpaired_command(trainer, modality)
     if not os.path.isdir(folder):
-        raise UserInputError(f"{folder}: no preprocessed unpaired MRI for configuration {trainer.configuration_name}"
-                             f"; create it with: {cmd}")
-    if not list_unpaired_mri_cases(folder):
-        raise UserInputError(f"{folder}: holds no preprocessed unpaired MRI cases; create them with: {cmd}")
+        raise UserInputError(f"{folder}: no preprocessed unpaired {modality} for configuration "
+                             f"{trainer.configuration_name}; create it with: {cmd}")
+    if not list_unpaired_cases(folder):
+        raise UserInputError(f"{folder}: holds no preprocessed unpaired {modality} cases; create them with: {cmd}")
     m = read_manifest(folder)
     if m is not None:
-        expected = geometry_hash(trainer.plans_manager.plans, trainer.configuration_name)
+        expected = geometry_hash(trainer.plans_manager.plans, trainer.configuration_name,
+                                 m.get("modality", DEFAULT_MODALITY))
         if m.get("plans_hash") != expected:
             raise UserInputError(f"{folder}: was preprocessed for other plans geometry (spacing, transpose or "
                                  f"resampling changed since); rebuild it with: {cmd} --overwrite")
@@ -168,6 +196,6 @@ def get_unpaired_mri_dataloader(trainer, num_processes: int = None, seeds=None):
         patch_size, rotation_for_DA, None, mirror_axes, do_dummy_2d_data_aug,
         use_mask_for_norm=None, is_cascaded=False,
         foreground_labels=trainer.label_manager.foreground_labels, regions=None, ignore_label=None)
-    return make_unpaired_mri_augmenter(folder, batch_size, patch_size, initial_patch_size, transforms,
-                                       num_processes=num_processes, pin_memory=trainer.device.type == "cuda",
-                                       seeds=seeds)
+    return make_unpaired_augmenter(folder, batch_size, patch_size, initial_patch_size, transforms,
+                                   num_processes=num_processes, pin_memory=trainer.device.type == "cuda",
+                                   seeds=seeds)

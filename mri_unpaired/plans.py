@@ -1,5 +1,6 @@
-"""The planned CT configuration, seen from the MRI side: where its plans are, the copy of the plans used to preprocess
-MRI onto its geometry, and a hash of the plans entries that decide that geometry."""
+"""The planned (labelled) configuration, seen from the unpaired side: where its plans are, the copy of the plans used
+to preprocess the unpaired volumes (MRI or CT, ``mri_unpaired.modality``) onto its geometry, and a hash of the plans
+entries that decide what they look like."""
 import copy
 import hashlib
 import json
@@ -7,13 +8,13 @@ import os
 
 from mri_unpaired.errors import UserInputError, first_line
 
-# bump when the stored MRI changes meaning (it invalidates every existing output folder: they are refused until
+from mri_unpaired.modality import DEFAULT_MODALITY, get_modality
+
+# bump when the stored volumes change meaning (it invalidates every existing output folder: they are refused until
 # rebuilt with --overwrite)
-MRI_FORMAT_VERSION = 1
-MRI_NORMALIZATION = "ZScoreNormalization"
-MRI_IMAGE_READER = "SimpleITKIO"
-MRI_PREPROCESSOR = "DefaultPreprocessor"
-MRI_CHANNEL_NAME = "MRI"
+UNPAIRED_FORMAT_VERSION = 1
+UNPAIRED_IMAGE_READER = "SimpleITKIO"
+UNPAIRED_PREPROCESSOR = "DefaultPreprocessor"
 
 # files in a preprocessed dataset folder that are not plans
 _NOT_PLANS = {"dataset.json", "dataset_fingerprint.json", "splits_final.json"}
@@ -66,52 +67,61 @@ def resolve_configuration(plans: dict, configuration: str, plans_file: str = "pl
     return resolved
 
 
-def geometry_entries(plans: dict, configuration: str) -> dict:
-    """The plans entries that decide what the preprocessed MRI looks like (for the manifest's plans hash).
+def geometry_entries(plans: dict, configuration: str, modality: str = DEFAULT_MODALITY) -> dict:
+    """The plans entries that decide what the preprocessed unpaired volumes look like (for the manifest's plans
+    hash), and their normalisation.
 
     The patch and batch size are left out on purpose: configurations that inherit from another one (a small-patch
-    configuration for CPU runs, say) share its data identifier and thus its MRI folder."""
+    configuration for CPU runs, say) share its data identifier and thus its unpaired folder. The unpaired CT's
+    intensity statistics are in the manifest, not in the hash (they come from the volumes, not from the plans)."""
     cfg = resolve_configuration(plans, configuration)
     return {
-        "format_version": MRI_FORMAT_VERSION,
+        "format_version": UNPAIRED_FORMAT_VERSION,
         "data_identifier": cfg["data_identifier"],
         "transpose_forward": [int(i) for i in plans.get("transpose_forward", [0, 1, 2])],
         "spacing": [float(s) for s in cfg["spacing"]],
         "resampling_fn_data": cfg["resampling_fn_data"],
         "resampling_fn_data_kwargs": cfg["resampling_fn_data_kwargs"],
-        "normalization": MRI_NORMALIZATION,
+        "normalization": get_modality(modality).normalization,
         "use_mask_for_norm": False,
-        "image_reader": MRI_IMAGE_READER,
-        "preprocessor": MRI_PREPROCESSOR,
+        "image_reader": UNPAIRED_IMAGE_READER,
+        "preprocessor": UNPAIRED_PREPROCESSOR,
     }
 
 
-def geometry_hash(plans: dict, configuration: str) -> str:
-    entries = geometry_entries(plans, configuration)
+def geometry_hash(plans: dict, configuration: str, modality: str = DEFAULT_MODALITY) -> str:
+    entries = geometry_entries(plans, configuration, modality)
     return hashlib.sha256(json.dumps(entries, sort_keys=True).encode()).hexdigest()
 
 
-def mri_plans(plans: dict, configuration: str) -> dict:
-    """A deep copy of the plans in which ``configuration`` normalises its one channel per image (z-score, no mask)
-    and images are read with SimpleITK. Everything else (spacing, transpose, resampling, data identifier) is the CT's."""
+def unpaired_plans(plans: dict, configuration: str, modality: str = DEFAULT_MODALITY,
+                   intensity_statistics: dict = None) -> dict:
+    """A deep copy of the plans in which ``configuration`` normalises its one channel as the unpaired modality does
+    (MRI: z-score per image; CT: nnU-Net's CT normalisation with ``intensity_statistics`` of the unpaired set; no
+    mask) and images are read with SimpleITK. Everything else (spacing, transpose, resampling, data identifier) is
+    the labelled data's."""
+    m = get_modality(modality)
+    if m.set_statistics and not intensity_statistics:
+        raise ValueError(f"unpaired {m.name}: {m.normalization} needs the intensity statistics of the unpaired set")
     p = copy.deepcopy(plans)
     p.pop("continue_training", None)
     cfg = p["configurations"][configuration]
     # set on the configuration itself: inheritance resolution lets the child's keys override the parent's
-    cfg["normalization_schemes"] = [MRI_NORMALIZATION]
+    cfg["normalization_schemes"] = [m.normalization]
     cfg["use_mask_for_norm"] = [False]
-    p["image_reader_writer"] = MRI_IMAGE_READER
+    p["image_reader_writer"] = UNPAIRED_IMAGE_READER
     # DefaultPreprocessor._normalize passes foreground_intensity_properties_per_channel['0'] to every normaliser
-    # (ZScoreNormalization ignores it, but asserts it is a dict)
+    # (ZScoreNormalization ignores it, but asserts it is a dict; CTNormalization reads it)
     props = p.get("foreground_intensity_properties_per_channel") or {}
-    p["foreground_intensity_properties_per_channel"] = {"0": dict(props.get("0") or {})}
+    p["foreground_intensity_properties_per_channel"] = {
+        "0": dict(intensity_statistics) if m.set_statistics else dict(props.get("0") or {})}
     return p
 
 
-def mri_dataset_json(dataset_json: dict = None) -> dict:
-    """A copy of the dataset.json with one input channel, named MRI."""
+def unpaired_dataset_json(dataset_json: dict = None, modality: str = DEFAULT_MODALITY) -> dict:
+    """A copy of the dataset.json with one input channel, named after the unpaired modality."""
     d = copy.deepcopy(dataset_json) if dataset_json else {"labels": {"background": 0}, "numTraining": 0,
                                                            "file_ending": ".nii.gz"}
     d.pop("modality", None)
-    d["channel_names"] = {"0": MRI_CHANNEL_NAME}
+    d["channel_names"] = {"0": get_modality(modality).name}
     return d

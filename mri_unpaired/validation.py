@@ -1,4 +1,4 @@
-"""Finding the MRI files of an input folder and checking each one before anything is written.
+"""Finding the unpaired volumes (MRI or CT) of an input folder and checking each one before anything is written.
 
 Kept light on imports (numpy, SimpleITK, nibabel): the checks run in spawned worker processes, which import this
 module only.
@@ -30,18 +30,19 @@ def image_ending(filename: str):
     return None
 
 
-def discover_mri_files(folder: str):
-    """``({case: absolute path}, [ignored file names])`` of an MRI folder; UserInputError if there is nothing to use.
+def discover_unpaired_files(folder: str, modality: str = "MRI"):
+    """``({case: absolute path}, [ignored file names])`` of a folder of unpaired volumes; UserInputError if there is nothing to
+    use.
 
     Case names are the file names without their image ending. Hidden files and subfolders are ignored."""
     if not os.path.exists(folder):
-        raise UserInputError(f"{folder}: MRI folder does not exist")
+        raise UserInputError(f"{folder}: {modality} folder does not exist")
     if not os.path.isdir(folder):
-        raise UserInputError(f"{folder}: is not a folder (-i takes a folder of MRI volumes)")
+        raise UserInputError(f"{folder}: is not a folder (-i takes a folder of {modality} volumes)")
     try:
         names = sorted(os.listdir(folder))
     except OSError as e:
-        raise UserInputError(f"{folder}: cannot list the MRI folder ({e.strerror})") from None
+        raise UserInputError(f"{folder}: cannot list the {modality} folder ({e.strerror})") from None
     cases, ignored = {}, []
     for n in names:
         path = os.path.join(folder, n)
@@ -59,7 +60,7 @@ def discover_mri_files(folder: str):
     if not cases:
         what = f"; it holds only {', '.join(ignored[:5])}{' ...' if len(ignored) > 5 else ''}" if ignored else \
             " (it is empty)"
-        raise UserInputError(f"{folder}: no MRI image files ({', '.join(IMAGE_ENDINGS)}){what}")
+        raise UserInputError(f"{folder}: no {modality} image files ({', '.join(IMAGE_ENDINGS)}){what}")
     return cases, ignored
 
 
@@ -133,11 +134,14 @@ def _stats(a: np.ndarray) -> dict:
             "percentile_99_5": float(p[1]), "min": float(a.min()), "max": float(a.max())}
 
 
-def check_mri_file(path: str, allow_2d: bool):
-    """``(info, None)`` for a usable MRI volume, ``(None, message)`` otherwise (the message names the file).
+def check_unpaired_file(path: str, allow_2d: bool, modality: str = "MRI", case: str = None):
+    """``(info, None)`` for a usable volume of the unpaired ``modality`` (MRI, CT), ``(None, message)`` otherwise
+    (the message names the file).
 
     info: source_file, source_size, source_mtime_ns, source_shape, source_spacing (array order), dimension,
-    pixel_type, intensity_before (mean, sd, percentile_00_5, percentile_99_5, min, max over the whole image)."""
+    pixel_type, intensity_before (mean, sd, percentile_00_5, percentile_99_5, min, max over the whole image); for a
+    modality normalised with statistics of the whole set (CT), also ``statistics_sample``: voxels of the nonzero
+    region (``mri_unpaired.modality.statistics_sample``), which the caller pools and removes."""
     import SimpleITK as sitk
     sitk.ProcessObject.SetGlobalWarningDisplay(False)
 
@@ -159,16 +163,16 @@ def check_mri_file(path: str, allow_2d: bool):
     shape = size[::-1]
     ncomp = reader.GetNumberOfComponents()
     if ncomp != 1:
-        return bad(f"has {ncomp} values per voxel (a vector or colour image); expected a scalar MRI volume")
+        return bad(f"has {ncomp} values per voxel (a vector or colour image); expected a scalar {modality} volume")
     if dim == 4 and size[3] == 1:
         pass  # one volume in a 4D file: nnU-Net's SimpleITKIO reads it as one channel
     elif dim >= 4:
-        return bad(f"is a {dim}D image of shape {shape}; expected one 3D MRI volume per file "
+        return bad(f"is a {dim}D image of shape {shape}; expected one 3D {modality} volume per file "
                    f"(split the series into one file per volume)")
     elif dim == 2 and not allow_2d:
-        return bad(f"is a 2D image of shape {shape}; this configuration needs 3D MRI volumes")
+        return bad(f"is a 2D image of shape {shape}; this configuration needs 3D {modality} volumes")
     elif dim < 2:
-        return bad(f"is a {dim}D image; expected a 3D MRI volume")
+        return bad(f"is a {dim}D image; expected a 3D {modality} volume")
     if any(s < 1 for s in size):
         return bad(f"has an empty shape {shape}")
     spacing = list(reader.GetSpacing())
@@ -192,7 +196,7 @@ def check_mri_file(path: str, allow_2d: bool):
             return bad(_nonfinite_message(n_nan, n_bad - n_nan))
     lo, hi = a.min(), a.max()
     if lo == hi:
-        return bad(f"is constant (every voxel is {float(lo):g}); per-image z-score normalisation needs contrast")
+        return bad(f"is constant (every voxel is {float(lo):g}); normalisation needs contrast")
     nz = a != 0
     bbox = []
     for i in range(a.ndim):
@@ -201,7 +205,7 @@ def check_mri_file(path: str, allow_2d: bool):
     cropped = a[tuple(bbox)]
     if np.all(cropped == cropped.flat[0]):
         return bad("is constant inside its nonzero region (what nnU-Net crops to before normalising); "
-                   "per-image z-score normalisation needs contrast")
+                   "normalisation needs contrast")
     sp = spacing[::-1]
     if dim == 4:
         shape, sp = shape[1:], sp[1:]
@@ -215,14 +219,17 @@ def check_mri_file(path: str, allow_2d: bool):
         "pixel_type": img.GetPixelIDTypeAsString(),
         "intensity_before": _stats(np.asarray(a)),
     }
+    from mri_unpaired.modality import get_modality, statistics_sample
+    if get_modality(modality).set_statistics:
+        info["statistics_sample"] = statistics_sample(cropped, case or os.path.basename(path))
     return info, None
 
 
-def check_mri_file_task(args):
+def check_unpaired_file_task(args):
     """Pool entry point (module level, so spawned workers can unpickle it)."""
-    case, path, allow_2d = args
+    case, path, allow_2d, modality = args
     try:
-        info, err = check_mri_file(path, allow_2d)
+        info, err = check_unpaired_file(path, allow_2d, modality, case)
     except MemoryError:
         info, err = None, f"{path}: too large to read into memory"
     except Exception as e:  # noqa: BLE001 - anything unexpected still names the file

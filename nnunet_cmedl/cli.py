@@ -1,4 +1,5 @@
-"""``nnunet_cmedl <command>``: one entry point, one module per job (each has ``main(argv) -> int`` and --help)."""
+"""``nnunet_cmedl <command>``: one entry point, one module per job (each has ``main(argv) -> int`` and --help; a
+``module:function`` entry names another function of that shape)."""
 import importlib
 import sys
 
@@ -6,8 +7,11 @@ from nnunet_cmedl.errors import UserInputError
 
 COMMANDS = {
     "env": ("nnunet_cmedl.env", "print `export nnUNet_extTrainer=...` so stock nnUNetv2_* commands find our trainers"),
-    "make-synthetic": ("nnunet_cmedl.synthetic.cli", "write the synthetic thorax CT dataset + unpaired MRI volumes"),
-    "preprocess-mri": ("mri_unpaired.preprocess", "preprocess unpaired MRI volumes onto a planned CT configuration"),
+    "make-synthetic": ("nnunet_cmedl.synthetic.cli", "write the synthetic thorax dataset (labelled CT or MRI) + the "
+                                                     "unpaired volumes of the other modality"),
+    "preprocess-unpaired": ("mri_unpaired.preprocess", "preprocess unpaired volumes (--modality MRI or CT) onto a "
+                                                       "planned configuration of the labelled dataset"),
+    "preprocess-mri": ("mri_unpaired.preprocess:main_mri", "preprocess-unpaired --modality MRI"),
     "add-small-config": ("nnunet_cmedl.small_config", "add a small-patch configuration (for CPU runs) to the plans"),
     "demo": ("nnunet_cmedl.demo", "the whole job on the embedded synthetic dataset, end to end"),
     "evaluate": ("nnunet_cmedl.evaluation.evaluate_cli", "DSC, surface Dice and HD95 per case for a prediction folder"),
@@ -22,9 +26,10 @@ COMMANDS = {
 
 def run_command(name: str, argv) -> int:
     module_name, _ = COMMANDS[name]
+    module_name, _, function = module_name.partition(":")
     try:
         module = importlib.import_module(module_name)
-        return int(module.main(argv) or 0)
+        return int(getattr(module, function or "main")(argv) or 0)
     except UserInputError as e:
         print(f"nnunet_cmedl {name}: error: {e}", file=sys.stderr)
         return 2

@@ -123,12 +123,12 @@ def prepare_dataset(steps: Steps, dataset_id: int, dim: str, num_train: int, num
 
 def check_reusable_dataset(folder: Path, settings: dict) -> None:
     """An existing dataset folder is reused only if make-synthetic made it with ``settings`` (its CLI options)."""
-    from nnunet_cmedl.synthetic.dataset import METADATA_NAME
+    from nnunet_cmedl.synthetic.dataset import METADATA_NAME, labelled_cases, unpaired_cases
     try:
         meta = json.loads((folder / METADATA_NAME).read_text())
-        cases = list(meta["ct_cases"].values())
+        cases = list(labelled_cases(meta).values())
         found = {"--num-train": sum(c["split"] == "train" for c in cases),
-                 "--num-test": sum(c["split"] == "test" for c in cases), "--num-mri": len(meta["mri_cases"]),
+                 "--num-test": sum(c["split"] == "test" for c in cases), "--num-mri": len(unpaired_cases(meta)),
                  "--seed": meta["seed"], "--hard-ct-signal": meta.get("hard_ct_signal", "none")}
     except (OSError, ValueError, KeyError, TypeError, AttributeError):
         raise UserInputError(f"{folder}: exists, but not as make-synthetic writes it (no readable {METADATA_NAME}); "

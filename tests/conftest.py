@@ -56,7 +56,7 @@ def build_planned_dataset(root: Path) -> dict:
 
     env = nnunet_env(root)
     paths = make_synthetic_dataset(root / "nnUNet_raw", dataset_id=DATASET_ID, dataset_name="TinyThorax",
-                                   num_train=5, num_test=2, num_mri=3, ct_shape=(16, 48, 64), seed=1,
+                                   num_train=5, num_test=2, num_unpaired=3, ct_shape=(16, 48, 64), seed=1,
                                    preview=False, show_progress=False)
     # nnU-Net's planner calls torch.set_num_threads(nnUNet_n_proc_DA), which fails on 0
     run([BIN / "nnUNetv2_plan_and_preprocess", "-d", DATASET_ID, "-c", "3d_fullres", "2d", "-np", "1"],
@@ -66,7 +66,7 @@ def build_planned_dataset(root: Path) -> dict:
     run(cli("add-small-config", "-d", DATASET_ID, "--parent", "2d", "--name", SMALL_2D,
             "--patch-size", "32", "32", "--batch-size", "2", "--max-features", "16"), env)
     for config in ("3d_fullres", "2d"):
-        run(cli("preprocess-mri", "-d", DATASET_ID, "-c", config, "-i", paths.mri_folder, "-np", "1"), env)
+        run(cli("preprocess-mri", "-d", DATASET_ID, "-c", config, "-i", paths.unpaired_folder, "-np", "1"), env)
     return {"root": root, "env": env, "dataset_id": DATASET_ID, "dataset_name": paths.dataset_folder.name,
             "raw_folder": paths.dataset_folder}
 

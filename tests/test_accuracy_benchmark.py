@@ -202,7 +202,7 @@ def test_benchmark_evaluates_every_checkpoint_of_a_run_on_the_test_set(planned_d
     n_cases = len(list((data.raw_folder / "labelsTs").glob("*.nii.gz")))
     assert summary["n_test_cases"] == n_cases
     metadata = json.loads((data.raw_folder / "phantom_metadata.json").read_text())
-    hard = sum(r["difficulty"] == "hard" for c in metadata["ct_cases"].values() if c["split"] == "test"
+    hard = sum(r["difficulty"] == "hard" for c in metadata["labelled_cases"].values() if c["split"] == "test"
                for r in c["tumours"] if r["voxels"])
     assert summary["n_tumours"]["hard"] == hard
     curves = summary["curves"]["CMEDL"]["all"]
@@ -279,7 +279,7 @@ def test_demo_and_benchmark_reuse_a_synthetic_dataset_only_with_the_same_setting
     from nnunet_cmedl import pipeline
     from nnunet_cmedl.errors import UserInputError
     from nnunet_cmedl.synthetic.dataset import make_synthetic_dataset
-    paths = make_synthetic_dataset(tmp_path, dataset_id=503, num_train=2, num_test=1, num_mri=1,
+    paths = make_synthetic_dataset(tmp_path, dataset_id=503, num_train=2, num_test=1, num_unpaired=1,
                                    ct_shape=(16, 48, 64), seed=4, preview=False, show_progress=False)
     same = {"--num-train": 2, "--num-test": 1, "--num-mri": 1, "--seed": 4, "--hard-ct-signal": "enhancing-atelectasis"}
     pipeline.check_reusable_dataset(paths.dataset_folder, same)

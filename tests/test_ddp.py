@@ -72,8 +72,8 @@ def train_one_rank(rank: int, trainer_name: str, out: Path) -> None:
             return batch
 
     cmedl_module = importlib.import_module("nnunet_cmedl.training.nnUNetTrainerCMEDL")
-    real_loader, real_clip = cmedl_module.get_unpaired_mri_dataloader, torch.nn.utils.clip_grad_norm_
-    cmedl_module.get_unpaired_mri_dataloader = lambda *a, **k: RecordedMRI(real_loader(*a, **k))
+    real_loader, real_clip = cmedl_module.get_unpaired_dataloader, torch.nn.utils.clip_grad_norm_
+    cmedl_module.get_unpaired_dataloader = lambda *a, **k: RecordedMRI(real_loader(*a, **k))
 
     train_step = trainer.train_step
 
@@ -98,7 +98,7 @@ def train_one_rank(rank: int, trainer_name: str, out: Path) -> None:
     try:
         trainer.run_training()
     finally:
-        cmedl_module.get_unpaired_mri_dataloader, torch.nn.utils.clip_grad_norm_ = real_loader, real_clip
+        cmedl_module.get_unpaired_dataloader, torch.nn.utils.clip_grad_norm_ = real_loader, real_clip
     if trainer_name == CMEDL:  # nnU-Net's final validation, each rank predicting its share of the cases (~30 s)
         trainer.perform_actual_validation(False)
     record["final"] = weights(trainer)

@@ -162,12 +162,12 @@ def ds(tmp_path_factory):
 # -------------------------------------------------------------------------------------------------- preprocessing
 def test_output_is_a_sibling_and_ct_folders_are_untouched(ds):
     from nnunetv2.training.dataloading.nnunet_dataset import infer_dataset_class, nnUNetDatasetBlosc2
-    from mri_unpaired.paths import unpaired_mri_folder
+    from mri_unpaired.paths import unpaired_folder
     for c in ("3d_fullres", "2d"):
         ct = ds["dataset_folder"] / f"nnUNetPlans_{c}"
         out = ds["dataset_folder"] / f"nnUNetPlans_{c}__mri_unpaired"
-        assert Path(unpaired_mri_folder(str(ct))) == out
-        assert Path(unpaired_mri_folder(str(ct) + "/")) == out
+        assert Path(unpaired_folder(str(ct))) == out
+        assert Path(unpaired_folder(str(ct) + "/")) == out
         assert out.is_dir() and out.parent == ct.parent
         assert snapshot(ct) == ds["ct_before"][c]  # nothing added, removed or rewritten
         assert infer_dataset_class(str(ct)) is nnUNetDatasetBlosc2
@@ -546,13 +546,13 @@ def _finish(*augmenters):
 def test_loader_batches_match_the_ct_loader(ds, monkeypatch, configuration, n_proc):
     from batchgenerators.dataloading.nondet_multi_threaded_augmenter import NonDetMultiThreadedAugmenter
     from batchgenerators.dataloading.single_threaded_augmenter import SingleThreadedAugmenter
-    from mri_unpaired.loader import get_unpaired_mri_dataloader
+    from mri_unpaired.loader import get_unpaired_dataloader
     t = _trainer(ds, monkeypatch, configuration, n_proc_da=n_proc)
     t.initialize()
     ct_tr, ct_val = t.get_dataloaders()
     mri = None
     try:
-        mri = get_unpaired_mri_dataloader(t)
+        mri = get_unpaired_dataloader(t)
         assert isinstance(mri, SingleThreadedAugmenter if n_proc == "0" else NonDetMultiThreadedAugmenter)
         if n_proc != "0":
             assert mri.num_processes == int(n_proc)
@@ -571,29 +571,29 @@ def test_loader_batches_match_the_ct_loader(ds, monkeypatch, configuration, n_pr
 
 
 def test_loader_is_pickle_safe_and_usable_without_a_trainer(ds):
-    from mri_unpaired.loader import UnpairedMRIDataLoader, UnpairedMRIDataset, make_unpaired_mri_augmenter
+    from mri_unpaired.loader import UnpairedDataLoader, UnpairedDataset, make_unpaired_augmenter
     folder = mri_out(ds)
-    aug = make_unpaired_mri_augmenter(str(folder), batch_size=3, patch_size=[8, 16, 24], num_processes=0)
+    aug = make_unpaired_augmenter(str(folder), batch_size=3, patch_size=[8, 16, 24], num_processes=0)
     b = next(aug)
     assert tuple(b["data"].shape) == (3, 1, 8, 16, 24)
     # patches larger than the image are padded like nnU-Net pads (with 0)
-    big = make_unpaired_mri_augmenter(str(folder), 1, [64, 128, 128], num_processes=0)
+    big = make_unpaired_augmenter(str(folder), 1, [64, 128, 128], num_processes=0)
     assert tuple(next(big)["data"].shape) == (1, 1, 64, 128, 128)
     # 2d patches from 3d data: random slices
-    aug2 = make_unpaired_mri_augmenter(str(mri_out(ds, configuration="2d")), 2, [32, 40], num_processes=0)
+    aug2 = make_unpaired_augmenter(str(mri_out(ds, configuration="2d")), 2, [32, 40], num_processes=0)
     assert tuple(next(aug2)["data"].shape) == (2, 1, 32, 40)
     dl = pickle.loads(pickle.dumps(aug.data_loader))
-    assert isinstance(dl, UnpairedMRIDataLoader) and isinstance(dl._data, UnpairedMRIDataset)
+    assert isinstance(dl, UnpairedDataLoader) and isinstance(dl._data, UnpairedDataset)
     assert tuple(next(dl)["data"].shape) == (3, 1, 8, 16, 24)
 
 
 def test_loader_transforms_are_the_trainers_and_pickle(ds, monkeypatch):
     """The trainer's training transforms (3d, with rotation / scaling / mirroring) run on an image-only dict, and
     the whole multi-process loader pickles (as it must for spawn-started workers)."""
-    from mri_unpaired.loader import get_unpaired_mri_dataloader
+    from mri_unpaired.loader import get_unpaired_dataloader
     t = _trainer(ds, monkeypatch, "3d_fullres", n_proc_da="1")
     t.initialize()
-    mri = get_unpaired_mri_dataloader(t)
+    mri = get_unpaired_dataloader(t)
     try:
         names = [type(x).__name__ for x in mri.generator.transforms.transforms]
         assert names[0] == "SpatialTransform" and "MirrorTransform" in names
@@ -607,24 +607,93 @@ def test_loader_transforms_are_the_trainers_and_pickle(ds, monkeypatch):
 
 def test_loader_without_mri_names_the_command(ds, monkeypatch):
     from nnunet_cmedl.errors import UserInputError
-    from mri_unpaired.loader import get_unpaired_mri_dataloader
+    from mri_unpaired.loader import get_unpaired_dataloader
     make_plans_copy(ds, "nnUNetPlansNoMRI")
     t = _trainer(ds, monkeypatch, "3d_fullres", plans_name="nnUNetPlansNoMRI")
     with pytest.raises(UserInputError) as e:
-        get_unpaired_mri_dataloader(t)
+        get_unpaired_dataloader(t)
     msg = str(e.value)
     assert "\n" not in msg
     assert str(ds["dataset_folder"] / "nnUNetPlansNoMRI_3d_fullres__mri_unpaired") in msg
-    assert (f"nnunet_cmedl preprocess-mri -d {DATASET_NAME} -c 3d_fullres -p nnUNetPlansNoMRI "
-            f"-i /path/to/mri_folder") in msg
+    assert (f"nnunet_cmedl preprocess-unpaired -d {DATASET_NAME} -c 3d_fullres -p nnUNetPlansNoMRI --modality MRI "
+            f"-i /path/to/unpaired_mri_folder") in msg
     # an empty folder is no better
     (ds["dataset_folder"] / "nnUNetPlansNoMRI_3d_fullres__mri_unpaired").mkdir()
     with pytest.raises(UserInputError, match="no preprocessed unpaired MRI cases"):
-        get_unpaired_mri_dataloader(t)
+        get_unpaired_dataloader(t)
 
     # MRI preprocessed for other plans geometry than the trainer's
     plans = json.loads((ds["dataset_folder"] / "nnUNetPlans.json").read_text())
     plans["configurations"]["3d_fullres"]["spacing"] = [2.0, 1.0, 1.0]
     t2 = _trainer(ds, monkeypatch, "3d_fullres", plans=plans)
     with pytest.raises(UserInputError, match="other plans geometry.*--overwrite"):
-        get_unpaired_mri_dataloader(t2)
+        get_unpaired_dataloader(t2)
+
+
+# ------------------------------------------------------------------------------------------ unpaired CT (either way)
+def unpaired_cli(env, *args):
+    return subprocess.run([sys.executable, "-m", "nnunet_cmedl.cli", "preprocess-unpaired", *map(str, args)], env=env,
+                          capture_output=True, text=True, timeout=600)
+
+
+def test_unpaired_ct_gets_nnunet_ct_normalisation_with_the_sets_own_statistics(ds, tmp_path):
+    """Three CT volumes on the planned grid (no resampling), at different HU levels, one with metal: each is
+    clipped to the 0.5/99.5 percentiles of the pooled set and shifted/scaled by the set's mean and sd, as nnU-Net's
+    CTNormalization does with fingerprint statistics; not z-scored per image. The MRI folder is untouched."""
+    ct_folder = tmp_path / "unpaired_ct"
+    ct_folder.mkdir()
+    rng = np.random.default_rng(5)
+    raws = {}
+    for i, level in enumerate((-600.0, 0.0, 300.0)):
+        a = (level + rng.normal(0, 120, CT_SHAPE)).astype(np.float32)
+        if i == 2:
+            a.flat[rng.choice(a.size, 300, replace=False)] = 3000.0  # metal: beyond the 99.5th percentile
+        raws[f"ct{i}"] = a
+        write_image(ct_folder / f"ct{i}.nii.gz", a, CT_SPACING)
+    mri_folder_before = snapshot(mri_out(ds))
+    out = ds["dataset_folder"] / "nnUNetPlans_3d_fullres__ct_unpaired"
+    assert not out.exists()
+
+    # the modality is never guessed: neither --modality nor dataset.json's "unpaired_modality"
+    r = unpaired_cli(ds["env"], "-d", DATASET_ID, "-c", "3d_fullres", "-i", ct_folder)
+    assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1, r.stderr
+    assert "--modality" in r.stderr and "dataset.json" in r.stderr and "Traceback" not in r.stderr
+    assert not out.exists()
+
+    r = unpaired_cli(ds["env"], "-d", DATASET_ID, "-c", "3d_fullres", "--modality", "CT", "-i", ct_folder,
+                     "-np", "0")
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
+    assert "unpaired CT" in r.stdout and "modality from --modality" in r.stdout
+    m = json.loads((out / "manifest.json").read_text())
+    assert (m["modality"], m["normalization"], m["use_mask_for_norm"]) == ("CT", "CTNormalization", False)
+    pooled = np.concatenate([a.ravel() for a in raws.values()]).astype(np.float64)  # < 100k voxels each: all used
+    st = m["intensity_statistics"]
+    lo, hi = np.percentile(pooled, [0.5, 99.5])
+    assert st["percentile_00_5"] == pytest.approx(lo, rel=1e-5) and st["percentile_99_5"] == pytest.approx(hi, rel=1e-5)
+    assert st["mean"] == pytest.approx(pooled.mean(), rel=1e-4) and st["std"] == pytest.approx(pooled.std(), rel=1e-4)
+    assert hi < 3000.0
+    tf = ds["plans"]["transpose_forward"]
+    means = []
+    for case, raw in raws.items():
+        got = read_case(out, case)[0]
+        expected = (np.clip(raw, st["percentile_00_5"], st["percentile_99_5"]) - st["mean"]) / st["std"]
+        np.testing.assert_allclose(got, expected.transpose(tf), atol=2e-4)
+        means.append(float(got.mean()))
+    assert means[0] < -1.0 and means[2] > 0.5  # the HU levels survive (a per-image z-score would centre each on 0)
+    assert snapshot(mri_out(ds)) == mri_folder_before
+
+    # the unpaired loader of a trainer on the CT-labelled dataset: both folders exist, so the modality other than
+    # the labelled one (MRI) is read unless the trainer asks for CT
+    from mri_unpaired.loader import find_unpaired_folder
+
+    class Stub:
+        preprocessed_dataset_folder = str(ds["dataset_folder"] / "nnUNetPlans_3d_fullres")
+        configuration_name = "3d_fullres"
+
+        class configuration_manager:
+            normalization_schemes = ["CTNormalization"]
+    assert find_unpaired_folder(Stub)[:2] == (str(mri_out(ds)), "MRI")
+    assert find_unpaired_folder(Stub, "CT")[:2] == (str(out), "CT")
+    Stub.configuration_manager.normalization_schemes = ["ZScoreNormalization"]
+    folder, modality, why = find_unpaired_folder(Stub)
+    assert (folder, modality) == (str(out), "CT") and "both" in why

@@ -22,7 +22,7 @@ NUM_TRAIN, NUM_TEST, NUM_MRI = 3, 2, 2
 
 def small_dataset(raw_root, **kwargs) -> SyntheticDatasetPaths:
     settings = dict(dataset_id=501, dataset_name="CMEDLThorax", num_train=NUM_TRAIN, num_test=NUM_TEST,
-                    num_mri=NUM_MRI, ct_shape=SHAPE, seed=SEED, preview=False, show_progress=False)
+                    num_unpaired=NUM_MRI, ct_shape=SHAPE, seed=SEED, preview=False, show_progress=False)
     settings.update(kwargs)
     return make_synthetic_dataset(raw_root, **settings)
 
@@ -42,7 +42,7 @@ def array(path) -> np.ndarray:
 
 def all_arrays(paths: SyntheticDatasetPaths) -> dict:
     folders = [paths.dataset_folder / sub for sub in ("imagesTr", "labelsTr", "imagesTs", "labelsTs")]
-    files = [f for folder in folders + [paths.mri_folder] for f in sorted(folder.glob("*.nii.gz"))]
+    files = [f for folder in folders + [paths.unpaired_folder] for f in sorted(folder.glob("*.nii.gz"))]
     return {f.relative_to(f.parent.parent).as_posix(): array(f) for f in files}
 
 
@@ -67,8 +67,8 @@ def test_layout_and_dataset_json_follow_nnunet(dataset):
     assert ds["labels"] == {"background": 0, "tumour": 1}
     assert ds["file_ending"] == ".nii.gz"
 
-    assert dataset.mri_folder == folder / "unpairedMRI"
-    assert sorted(p.name for p in dataset.mri_folder.iterdir()) == ["mri_000.nii.gz", "mri_001.nii.gz"]
+    assert dataset.unpaired_folder == folder / "unpairedMRI"
+    assert sorted(p.name for p in dataset.unpaired_folder.iterdir()) == ["mri_000.nii.gz", "mri_001.nii.gz"]
     assert dataset.metadata_json == folder / "phantom_metadata.json" and dataset.metadata_json.is_file()
     assert dataset.preview_png == folder / "preview.png"
     assert dataset.preview_png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
@@ -94,7 +94,7 @@ def test_labels_geometry_and_mri_grid(dataset):
         hu = sitk.GetArrayFromImage(image)
         assert hu.min() >= -1024 and np.median(hu[values == 1]) > -100  # tumours are soft tissue, in HU
 
-    mri = read(dataset.mri_folder / "mri_000.nii.gz")
+    mri = read(dataset.unpaired_folder / "mri_000.nii.gz")
     ct = read(folder / "imagesTr/thorax_000_0000.nii.gz")
     assert mri.GetSpacing() != ct.GetSpacing() and mri.GetSize() != ct.GetSize()
     assert mri.GetSpacing() == pytest.approx((4.0, 4.0, 8.0))  # 2/3 in-plane and 0.8 x the slice spacing
@@ -138,7 +138,7 @@ def test_hard_tumours_are_invisible_in_ct_and_lung_tumours_obvious(dataset):
         label = array(folder / f"labels{split}/{case}.nii.gz")
         maps, anatomy = tissue_maps("ct", index, grid)
         assert np.array_equal(maps.label, label), "the phantom API reproduces the written label"
-        records = metadata["ct_cases"][case]["tumours"]
+        records = metadata["labelled_cases"][case]["tumours"]
         assert any(r["difficulty"] == "hard" for r in records), f"{case} has no hard tumour"
         for k, record in enumerate(records, start=1):
             tumour = maps.tumour_id == k
@@ -162,7 +162,7 @@ def test_hard_tumours_are_invisible_in_ct_and_lung_tumours_obvious(dataset):
 def test_mri_tumours_are_bright(dataset):
     grid = phantom.default_mri_grid(phantom.Grid(SHAPE, SPACING))
     for index in range(NUM_MRI):
-        image = array(dataset.mri_folder / f"mri_{index:03d}.nii.gz").astype(float)
+        image = array(dataset.unpaired_folder / f"mri_{index:03d}.nii.gz").astype(float)
         inspection = array(dataset.dataset_folder / f"unpairedMRI_labels_for_inspection/mri_{index:03d}.nii.gz")
         maps, _ = tissue_maps("mri", index, grid)
         assert np.array_equal(maps.label, inspection)
@@ -192,28 +192,28 @@ def test_existing_output_is_refused_and_left_alone(dataset):
 
 def test_overwrite_and_external_mri_folder(tmp_path):
     mri_out = tmp_path / "mri_elsewhere"
-    paths = small_dataset(tmp_path / "raw", num_train=2, num_test=0, num_mri=1, mri_folder=mri_out)
-    assert paths.mri_folder == mri_out and (mri_out / "mri_000.nii.gz").is_file()
+    paths = small_dataset(tmp_path / "raw", num_train=2, num_test=0, num_unpaired=1, unpaired_folder=mri_out)
+    assert paths.unpaired_folder == mri_out and (mri_out / "mri_000.nii.gz").is_file()
     assert not (paths.dataset_folder / "unpairedMRI").exists()
     with pytest.raises(UserInputError, match="exists already"):
-        small_dataset(tmp_path / "raw2", num_train=2, num_test=0, num_mri=1, mri_folder=mri_out)
+        small_dataset(tmp_path / "raw2", num_train=2, num_test=0, num_unpaired=1, unpaired_folder=mri_out)
     assert not (tmp_path / "raw2" / "Dataset501_CMEDLThorax").exists()
     # --overwrite replaces what make-synthetic wrote, as long as nobody added anything
-    small_dataset(tmp_path / "raw", num_train=2, num_test=0, num_mri=1, mri_folder=mri_out, overwrite=True)
+    small_dataset(tmp_path / "raw", num_train=2, num_test=0, num_unpaired=1, unpaired_folder=mri_out, overwrite=True)
     assert (mri_out / "mri_000.nii.gz").is_file() and (mri_out / MANIFEST_NAME).is_file()
     # ... and never a file of the user's, nor a folder it did not write: refused before any work, nothing changed
     for folder in (paths.dataset_folder, mri_out):
         (folder / "user_note.txt").write_text("mine")
         before = {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()}
         with pytest.raises(UserInputError, match="user_note.txt, not written by nnunet_cmedl make-synthetic"):
-            small_dataset(tmp_path / "raw", num_train=2, num_test=0, num_mri=1, mri_folder=mri_out, overwrite=True)
+            small_dataset(tmp_path / "raw", num_train=2, num_test=0, num_unpaired=1, unpaired_folder=mri_out, overwrite=True)
         assert {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()} == before
         (folder / "user_note.txt").unlink()
     users = tmp_path / "users_folder"
     users.mkdir()
     (users / "scan.nii.gz").write_bytes(b"precious")
     with pytest.raises(UserInputError, match="not written by nnunet_cmedl make-synthetic"):
-        small_dataset(tmp_path / "raw", num_train=2, num_test=0, num_mri=1, mri_folder=users, overwrite=True)
+        small_dataset(tmp_path / "raw", num_train=2, num_test=0, num_unpaired=1, unpaired_folder=users, overwrite=True)
     assert (users / "scan.nii.gz").read_bytes() == b"precious" and len(list(users.iterdir())) == 1
 
 
@@ -224,9 +224,9 @@ def test_bad_settings_are_one_line_errors(tmp_path):
         small_dataset(tmp_path, ct_shape=(8, 20, 20))
     with pytest.raises(UserInputError, match="dataset id"):
         small_dataset(tmp_path, dataset_id=1000)
-    small_dataset(tmp_path, dataset_name="Other", num_train=1, num_test=0, num_mri=0)
+    small_dataset(tmp_path, dataset_name="Other", num_train=1, num_test=0, num_unpaired=0)
     with pytest.raises(UserInputError, match="same dataset id"):
-        small_dataset(tmp_path, num_train=1, num_test=0, num_mri=0)
+        small_dataset(tmp_path, num_train=1, num_test=0, num_unpaired=0)
 
 
 def run_cli(*args, env=None):

@@ -169,7 +169,7 @@ def test_missing_mri_names_the_command_to_run(planned_dataset, tmp_path):
     r = run([BIN / "nnUNetv2_train", planned_dataset["dataset_id"], SMALL_2D, "0", "-tr", TINY, "-device", "cpu",
              "-p", "nnUNetPlansNoMRI"], env, check=False)
     assert r.returncode != 0
-    assert "nnunet_cmedl preprocess-mri" in (r.stdout + r.stderr)
+    assert "nnunet_cmedl preprocess-unpaired" in (r.stdout + r.stderr)
 
 
 # ---------------------------------------------------------------- in-process: resume and gradients

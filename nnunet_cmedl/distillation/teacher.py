@@ -18,9 +18,10 @@ def scale_gradient(x: torch.Tensor, scale: float) -> torch.Tensor:
     return detached + scale * (x - detached)
 
 
-class SegmenterOnPseudoMRI(nn.Module):
-    """CT -> generator -> pMRI -> segmenter, one module: the teacher's validation on pMRI in CMEDL, and the whole
-    network of the paper's pMRI-only strategy (``with_ct``: the segmenter sees the channels [CT, pMRI], the CT+pMRI
+class SegmenterOnTranslated(nn.Module):
+    """labelled image -> generator -> translated image -> segmenter, one module (CT -> pMRI in the paper's direction,
+    MRI -> pseudo-CT with an MRI-labelled dataset): the teacher's validation in CMEDL, and the whole network of the
+    paper's pMRI-only strategy (``with_ct``: the segmenter sees the channels [labelled, translated], the CT+pMRI
     strategy), so that stock nnU-Net inference runs both. ``decoder`` is the segmenter's (nnU-Net switches deep
     supervision through ``network.decoder``)."""
 

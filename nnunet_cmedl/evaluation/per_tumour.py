@@ -29,7 +29,8 @@ def tumour_rows(labels_folder, predictions: Dict[str, Path], metadata: dict, tol
                 neighbourhood_mm: float = 10.0, file_ending: str = ".nii.gz") -> list:
     """One row per (test tumour, method): case, tumour id, difficulty, method, dsc, sdsc, hd95, recall."""
     rows = []
-    for case, info in sorted(metadata["ct_cases"].items()):
+    cases = metadata["labelled_cases"] if "labelled_cases" in metadata else metadata["ct_cases"]  # older files
+    for case, info in sorted(cases.items()):
         ref_path = Path(labels_folder) / f"{case}{file_ending}"
         if info.get("split") != "test" or not ref_path.is_file():
             continue

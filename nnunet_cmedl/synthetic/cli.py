@@ -1,4 +1,5 @@
-"""``nnunet_cmedl make-synthetic``: write the synthetic thorax CT dataset (nnU-Net raw layout) + unpaired MRI."""
+"""``nnunet_cmedl make-synthetic``: write the synthetic thorax dataset (nnU-Net raw layout; labelled CT, or labelled
+MRI with ``--labelled-modality MRI``) + the unpaired volumes of the other modality."""
 import argparse
 import json
 import os
@@ -21,6 +22,11 @@ Every case has at least one hard tumour; about half of all tumours are hard. In 
 own grid, bias field, Rician noise) tumours are bright against an intermediate mediastinum and collapsed lung.
 phantom_metadata.json lists every tumour (location, size, measured CT contrast, neighbours) for an easy/hard
 evaluation; preview.png shows CT and MRI slices. Same arguments give bit-identical volumes.
+
+--labelled-modality MRI turns it round (the paper's "weak teacher" setting): the labelled cases are T2w-like MRI
+(channel "T2w", z-score normalised by nnU-Net) and the unpaired volumes are CT of other patients (unpairedCT/), which
+`nnunet_cmedl preprocess-unpaired --modality CT` normalises with nnU-Net's CT scheme and the set's own statistics.
+dataset.json names the unpaired modality ("unpaired_modality"), so preprocess-unpaired can read it from there.
 """
 
 
@@ -30,17 +36,23 @@ def main(argv=None) -> int:
     p.add_argument("--raw", help="nnU-Net raw data root to write DatasetNNN_<name> into (default: $nnUNet_raw)")
     p.add_argument("-d", "--dataset-id", type=int, default=501, help="nnU-Net dataset id (default: 501)")
     p.add_argument("--name", default="CMEDLThorax", help="dataset name (default: CMEDLThorax)")
-    p.add_argument("--num-train", type=int, default=12, help="CT training cases, imagesTr/labelsTr (default: 12)")
-    p.add_argument("--num-test", type=int, default=8, help="CT test cases, imagesTs/labelsTs (default: 8)")
-    p.add_argument("--num-mri", type=int, default=12, help="unpaired MRI volumes (default: 12)")
+    p.add_argument("--num-train", type=int, default=12, help="labelled training cases, imagesTr/labelsTr (default: 12)")
+    p.add_argument("--num-test", type=int, default=8, help="labelled test cases, imagesTs/labelsTs (default: 8)")
+    p.add_argument("--labelled-modality", type=str.upper, choices=("CT", "MRI"), default="CT",
+                   help="modality of the labelled cases; the unpaired volumes are the other one (default: CT)")
+    p.add_argument("--num-unpaired", "--num-mri", dest="num_unpaired", type=int, default=12,
+                   help="unpaired volumes of the other modality (default: 12)")
     p.add_argument("--shape", type=int, nargs=3, metavar=("Z", "Y", "X"), default=(32, 96, 128),
                    help="CT grid in voxels (default: 32 96 128)")
     p.add_argument("--spacing", type=float, nargs=3, metavar=("Z", "Y", "X"), default=None,
                    help="CT spacing in mm (default: the spacing that makes --shape cover 160 x 288 x 384 mm, "
                         "i.e. 5 3 3 for the default shape); the MRI gets 0.8x the slice and 2/3 the in-plane spacing")
     p.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
-    p.add_argument("--mri-out", help="folder for the unpaired MRI (default: <dataset folder>/unpairedMRI)")
-    p.add_argument("--overwrite", action="store_true", help="replace an existing dataset (and MRI) folder")
+    p.add_argument("--unpaired-out", "--mri-out", dest="unpaired_out",
+                   help="folder for the unpaired volumes (default: <dataset folder>/unpairedMRI, or unpairedCT with "
+                        "--labelled-modality MRI)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace an existing dataset (and unpaired) folder that make-synthetic wrote")
     p.add_argument("--hard-ct-signal", choices=HARD_CT_SIGNALS, default=HARD_CT_SIGNALS[0],
                    help="what sets hard tumours apart in CT besides a faint texture (default: %(default)s)")
     p.add_argument("--no-preview", action="store_true", help="do not write preview.png")
@@ -53,15 +65,16 @@ def main(argv=None) -> int:
     from nnunet_cmedl.synthetic.dataset import make_synthetic_dataset
     paths = make_synthetic_dataset(
         raw, dataset_id=args.dataset_id, dataset_name=args.name, num_train=args.num_train, num_test=args.num_test,
-        num_mri=args.num_mri, ct_shape=tuple(args.shape), seed=args.seed, overwrite=args.overwrite,
-        mri_folder=args.mri_out, preview=not args.no_preview, show_progress=True, ct_spacing=args.spacing,
-        hard_ct_signal=args.hard_ct_signal)
+        num_unpaired=args.num_unpaired, ct_shape=tuple(args.shape), seed=args.seed, overwrite=args.overwrite,
+        unpaired_folder=args.unpaired_out, preview=not args.no_preview, show_progress=True, ct_spacing=args.spacing,
+        hard_ct_signal=args.hard_ct_signal, labelled_modality=args.labelled_modality)
 
     summary = json.loads(Path(paths.metadata_json).read_text())["summary"]
     hard = summary["hard_abs_ct_contrast_vs_mediastinum_hu"]
     easy = summary["easy_abs_ct_contrast_vs_lung_hu"]
-    print(f"dataset (nnU-Net raw): {paths.dataset_folder}  ({args.num_train} training, {args.num_test} test CT cases)")
-    print(f"unpaired MRI (no labels): {paths.mri_folder}  ({args.num_mri} volumes)")
+    print(f"dataset (nnU-Net raw): {paths.dataset_folder}  ({args.num_train} training, {args.num_test} test "
+          f"{paths.labelled_modality} cases)")
+    print(f"unpaired {paths.unpaired_modality} (no labels): {paths.unpaired_folder}  ({args.num_unpaired} volumes)")
     print(f"tumour metadata: {paths.metadata_json}")
     if paths.preview_png:
         print(f"preview: {paths.preview_png}")
@@ -71,5 +84,6 @@ def main(argv=None) -> int:
     if easy:
         line += f"; easy |CT contrast vs lung| mean {easy['mean']:.0f} HU"
     print(line)
-    print(f"next: nnUNetv2_plan_and_preprocess -d {args.dataset_id} (with nnUNet_raw pointing at the raw root)")
+    print(f"next: nnUNetv2_plan_and_preprocess -d {args.dataset_id} (with nnUNet_raw pointing at the raw root), then "
+          f"nnunet_cmedl preprocess-unpaired -d {args.dataset_id} -c CONFIGURATION -i {paths.unpaired_folder}")
     return 0

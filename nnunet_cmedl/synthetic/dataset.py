@@ -1,18 +1,22 @@
-"""Write the synthetic thorax as an nnU-Net raw dataset, plus unpaired MRI volumes, tumour metadata and a preview.
+"""Write the synthetic thorax as an nnU-Net raw dataset, plus unpaired volumes of the other modality, tumour metadata
+and a preview.
 
-Layout (``raw_root/DatasetNNN_<name>/``)::
+Layout (``raw_root/DatasetNNN_<name>/``), labelled CT (the default, the paper's direction)::
 
     imagesTr/thorax_000_0000.nii.gz   labelsTr/thorax_000.nii.gz     (CT, label 1 = tumour)
     imagesTs/thorax_012_0000.nii.gz   labelsTs/thorax_012.nii.gz
-    dataset.json                      (written by nnU-Net's generate_dataset_json)
-    unpairedMRI/mri_000.nii.gz        (T2w-like MRI of other patients, no labels; --mri-out moves it)
+    dataset.json                      (written by nnU-Net's generate_dataset_json; "unpaired_modality": "MRI")
+    unpairedMRI/mri_000.nii.gz        (T2w-like MRI of other patients, no labels; --unpaired-out moves it)
     unpairedMRI_labels_for_inspection/mri_000.nii.gz   (for checks and previews only; never used for training)
     phantom_metadata.json             (per tumour: location easy/hard, size, measured CT contrast, neighbours)
     preview.png
 
-The MRI folder lives inside the dataset folder by default: a sibling ``DatasetNNN_...`` folder would make nnU-Net's
-lookup of the dataset id ambiguous. The whole dataset folder is built under a temporary name and renamed into place
-when complete.
+With ``labelled_modality="MRI"`` the labelled cases are T2w-like MRI (channel "T2w", on the MRI grid) and the
+unpaired volumes CT of other patients (``unpairedCT/ct_000.nii.gz``, ``"unpaired_modality": "CT"``).
+
+The unpaired folder lives inside the dataset folder by default: a sibling ``DatasetNNN_...`` folder would make
+nnU-Net's lookup of the dataset id ambiguous. The whole dataset folder is built under a temporary name and renamed
+into place when complete.
 """
 import json
 import re
@@ -27,31 +31,57 @@ from nnunet_cmedl.synthetic import phantom
 from mri_unpaired.atomic import (atomic_directory, exclusive_output, refuse_existing, refuse_foreign,
                                  write_manifest)
 
-CT_CHANNEL_NAMES = {0: "CT"}
+CHANNEL_NAMES = {"CT": {0: "CT"}, "MRI": {0: "T2w"}}   # nnU-Net normalises "CT" with its CT scheme, "T2w" z-score
+MODALITIES = ("CT", "MRI")
 LABELS = {"background": 0, "tumour": 1}
 FILE_ENDING = ".nii.gz"
-MRI_LABELS_FOR_INSPECTION = "unpairedMRI_labels_for_inspection"
 METADATA_NAME = "phantom_metadata.json"
 TOOL = "nnunet_cmedl make-synthetic"  # in the manifests that let --overwrite replace only what it wrote
 PREVIEW_NAME = "preview.png"
-_RESERVED_NAMES = {"imagesTr", "labelsTr", "imagesTs", "labelsTs", "dataset.json", MRI_LABELS_FOR_INSPECTION,
-                   METADATA_NAME, PREVIEW_NAME}
+
+
+def other_modality(modality: str) -> str:
+    return "MRI" if modality == "CT" else "CT"
+
+
+def unpaired_folder_name(unpaired_modality: str) -> str:
+    return f"unpaired{unpaired_modality}"
+
+
+def inspection_labels_folder_name(unpaired_modality: str) -> str:
+    return f"unpaired{unpaired_modality}_labels_for_inspection"
+
+
+_RESERVED_NAMES = {"imagesTr", "labelsTr", "imagesTs", "labelsTs", "dataset.json", METADATA_NAME, PREVIEW_NAME,
+                   *(inspection_labels_folder_name(m) for m in MODALITIES)}
 
 
 @dataclass(frozen=True)
 class SyntheticDatasetPaths:
     dataset_folder: Path
-    mri_folder: Path
+    unpaired_folder: Path
     preview_png: Path | None
     metadata_json: Path
+    labelled_modality: str = "CT"
+    unpaired_modality: str = "MRI"
 
 
-def ct_case_id(index: int) -> str:
+def labelled_case_id(index: int) -> str:
     return f"thorax_{index:03d}"
 
 
-def mri_case_id(index: int) -> str:
-    return f"mri_{index:03d}"
+def unpaired_case_id(index: int, unpaired_modality: str = "MRI") -> str:
+    return f"{unpaired_modality.lower()}_{index:03d}"
+
+
+def labelled_cases(metadata: dict) -> dict:
+    """The labelled cases of a phantom_metadata.json (``ct_cases`` in files written before either modality could be
+    labelled)."""
+    return metadata["labelled_cases"] if "labelled_cases" in metadata else metadata["ct_cases"]
+
+
+def unpaired_cases(metadata: dict) -> dict:
+    return metadata["unpaired_cases"] if "unpaired_cases" in metadata else metadata["mri_cases"]
 
 
 def _triple(value, setting: str, kind) -> tuple:
@@ -64,35 +94,37 @@ def _triple(value, setting: str, kind) -> tuple:
     return values
 
 
-def _check_settings(dataset_id, dataset_name, num_train, num_test, num_mri, seed) -> None:
+def _check_settings(dataset_id, dataset_name, num_train, num_test, num_unpaired, seed) -> None:
     if not 1 <= int(dataset_id) <= 999:
         raise UserInputError(f"dataset id (-d) {dataset_id}: must be between 1 and 999 (nnU-Net uses three digits)")
     if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_-]*", dataset_name or ""):
         raise UserInputError(f"dataset name (--name) {dataset_name!r}: use letters, digits, '_' or '-'")
     if num_train < 1:
         raise UserInputError(f"--num-train {num_train}: at least one training case is needed")
-    if num_test < 0 or num_mri < 0:
-        raise UserInputError(f"--num-test {num_test} / --num-mri {num_mri}: must not be negative")
-    if num_train + num_test > 1000 or num_mri > 1000:
-        raise UserInputError("--num-train + --num-test and --num-mri: at most 1000 each (case ids have 3 digits)")
+    if num_test < 0 or num_unpaired < 0:
+        raise UserInputError(f"--num-test {num_test} / --num-unpaired {num_unpaired}: must not be negative")
+    if num_train + num_test > 1000 or num_unpaired > 1000:
+        raise UserInputError("--num-train + --num-test and --num-unpaired: at most 1000 each (case ids have 3 "
+                             "digits)")
     if int(seed) < 0:
         raise UserInputError(f"--seed {seed}: must be a non-negative integer")
 
 
-def _resolve_mri_folder(mri_folder, dataset_folder: Path, raw_root: Path) -> Path:
-    if mri_folder is None:
-        return dataset_folder / "unpairedMRI"
-    mri = Path(mri_folder).expanduser().absolute()
-    if mri == dataset_folder or dataset_folder.is_relative_to(mri):
-        raise UserInputError(f"{mri}: the MRI folder (--mri-out) must not be or contain the dataset folder "
-                             f"{dataset_folder}")
-    if mri.is_relative_to(dataset_folder) and mri.relative_to(dataset_folder).parts[0] in _RESERVED_NAMES:
-        raise UserInputError(f"{mri}: the MRI folder (--mri-out) must not be one of the dataset's own entries "
-                             f"({', '.join(sorted(_RESERVED_NAMES))})")
-    if mri.parent == raw_root and re.match(r"Dataset\d{3}_", mri.name):
-        raise UserInputError(f"{mri}: a DatasetNNN_ folder for the MRI in nnUNet_raw would make nnU-Net's dataset "
-                             f"lookup ambiguous; put the MRI inside the dataset folder (the default) or elsewhere")
-    return mri
+def _resolve_unpaired_folder(folder, dataset_folder: Path, raw_root: Path, modality: str) -> Path:
+    if folder is None:
+        return dataset_folder / unpaired_folder_name(modality)
+    out = Path(folder).expanduser().absolute()
+    if out == dataset_folder or dataset_folder.is_relative_to(out):
+        raise UserInputError(f"{out}: the unpaired {modality} folder (--unpaired-out) must not be or contain the "
+                             f"dataset folder {dataset_folder}")
+    if out.is_relative_to(dataset_folder) and out.relative_to(dataset_folder).parts[0] in _RESERVED_NAMES:
+        raise UserInputError(f"{out}: the unpaired {modality} folder (--unpaired-out) must not be one of the "
+                             f"dataset's own entries ({', '.join(sorted(_RESERVED_NAMES))})")
+    if out.parent == raw_root and re.match(r"Dataset\d{3}_", out.name):
+        raise UserInputError(f"{out}: a DatasetNNN_ folder for the unpaired {modality} in nnUNet_raw would make "
+                             f"nnU-Net's dataset lookup ambiguous; put it inside the dataset folder (the default) or "
+                             f"elsewhere")
+    return out
 
 
 def _refuse_clashing_dataset_id(raw_root: Path, dataset_id: int, dataset_folder: Path) -> None:
@@ -180,8 +212,9 @@ def _tumour_record(tumour: phantom.Tumour, measured: dict, volume: phantom.Phant
     return record
 
 
-def _summary(ct_cases: dict) -> dict:
-    tumours = [t for case in ct_cases.values() for t in case["tumours"] if t["voxels"]]
+def _summary(cases: dict) -> dict:
+    """Tumour counts; for labelled CT also the CT contrasts (None for labelled MRI)."""
+    tumours = [t for case in cases.values() for t in case["tumours"] if t["voxels"]]
     hard = [t for t in tumours if t["difficulty"] == "hard"]
     easy = [t for t in tumours if t["difficulty"] == "easy"]
 
@@ -191,20 +224,22 @@ def _summary(ct_cases: dict) -> dict:
             if values else None
     return {
         "tumours": len(tumours), "hard_tumours": len(hard), "easy_tumours": len(easy),
-        "hard_abs_ct_contrast_vs_mediastinum_hu": stats([t["ct_contrast_vs_mediastinum_hu"] for t in hard]),
-        "hard_abs_ct_contrast_vs_surrounding_hu": stats([t["ct_contrast_vs_surrounding_hu"] for t in hard]),
-        "easy_abs_ct_contrast_vs_lung_hu": stats([t["ct_contrast_vs_lung_hu"] for t in easy]),
-        "hard_touching_atelectasis": sum(t["touches_atelectasis"] for t in hard),
-        "hard_touching_vessel": sum(t["touches_vessel"] for t in hard),
+        "hard_abs_ct_contrast_vs_mediastinum_hu": stats([t.get("ct_contrast_vs_mediastinum_hu") for t in hard]),
+        "hard_abs_ct_contrast_vs_surrounding_hu": stats([t.get("ct_contrast_vs_surrounding_hu") for t in hard]),
+        "easy_abs_ct_contrast_vs_lung_hu": stats([t.get("ct_contrast_vs_lung_hu") for t in easy]),
+        "hard_touching_atelectasis": sum(t.get("touches_atelectasis", False) for t in hard),
+        "hard_touching_vessel": sum(t.get("touches_vessel", False) for t in hard),
     }
 
 
 def make_synthetic_dataset(raw_root, dataset_id: int = 501, dataset_name: str = "CMEDLThorax", num_train: int = 12,
-                           num_test: int = 8, num_mri: int = 12, ct_shape=(32, 96, 128), seed: int = 0,
-                           overwrite: bool = False, mri_folder=None, preview: bool = True, show_progress: bool = True,
-                           ct_spacing=None, mri_shape=None, mri_spacing=None,
-                           hard_ct_signal: str = phantom.HARD_CT_SIGNALS[0]) -> SyntheticDatasetPaths:
-    """Write the synthetic CT dataset (nnU-Net raw layout) and the unpaired MRI; see the module docstring.
+                           num_test: int = 8, num_unpaired: int = 12, ct_shape=(32, 96, 128), seed: int = 0,
+                           overwrite: bool = False, unpaired_folder=None, preview: bool = True,
+                           show_progress: bool = True, ct_spacing=None, mri_shape=None, mri_spacing=None,
+                           hard_ct_signal: str = phantom.HARD_CT_SIGNALS[0],
+                           labelled_modality: str = "CT") -> SyntheticDatasetPaths:
+    """Write the synthetic labelled dataset (nnU-Net raw layout, CT or MRI) and the unpaired volumes of the other
+    modality; see the module docstring.
 
     ct_spacing defaults to the spacing that makes ct_shape cover the phantom's field of view (160 x 288 x 384 mm,
     i.e. (5, 3, 3) mm for the default shape); the MRI covers the same field at 0.8 x the CT's slice spacing and 2/3
@@ -212,7 +247,10 @@ def make_synthetic_dataset(raw_root, dataset_id: int = 501, dataset_name: str = 
     from nnunetv2.dataset_conversion.generate_dataset_json import generate_dataset_json
     from tqdm import tqdm
 
-    _check_settings(dataset_id, dataset_name, num_train, num_test, num_mri, seed)
+    if labelled_modality not in MODALITIES:
+        raise UserInputError(f"--labelled-modality {labelled_modality!r}: expected one of {', '.join(MODALITIES)}")
+    unpaired_modality = other_modality(labelled_modality)
+    _check_settings(dataset_id, dataset_name, num_train, num_test, num_unpaired, seed)
     if hard_ct_signal not in phantom.HARD_CT_SIGNALS:
         raise UserInputError(f"--hard-ct-signal {hard_ct_signal!r}: expected one of "
                              f"{', '.join(phantom.HARD_CT_SIGNALS)}")
@@ -233,21 +271,28 @@ def make_synthetic_dataset(raw_root, dataset_id: int = 501, dataset_name: str = 
     if raw_root.exists() and not raw_root.is_dir():
         raise UserInputError(f"{raw_root}: the raw data root (--raw / nnUNet_raw) is not a folder")
     dataset_folder = raw_root / f"Dataset{int(dataset_id):03d}_{dataset_name}"
-    mri_final = _resolve_mri_folder(mri_folder, dataset_folder, raw_root)
+    mri_final = _resolve_unpaired_folder(unpaired_folder, dataset_folder, raw_root, unpaired_modality)
     mri_inside = mri_final.is_relative_to(dataset_folder)
+    what = f"unpaired {unpaired_modality} folder"
     # Refuse before the work, not after it: both outputs are checked up front.
     refuse_existing(dataset_folder, overwrite, "dataset folder")
     refuse_foreign(dataset_folder, TOOL, "dataset folder")
     if not mri_inside:
-        refuse_existing(mri_final, overwrite, "MRI folder")
-        refuse_foreign(mri_final, TOOL, "MRI folder")
+        refuse_existing(mri_final, overwrite, what)
+        refuse_foreign(mri_final, TOOL, what)
     _refuse_clashing_dataset_id(raw_root, int(dataset_id), dataset_folder)
 
-    case_ids = [ct_case_id(i) for i in range(num_train + num_test)]
-    preview_ct, preview_mri = [], []
+    grids = {"CT": ct_grid, "MRI": mri_grid}
+    makers = {"CT": lambda index: phantom.make_ct_volume(seed, index, ct_grid, hard_ct_signal),
+              "MRI": lambda index: phantom.make_mri_volume(seed, index, mri_grid)}
+    inspection = inspection_labels_folder_name(unpaired_modality)
+    case_ids = [labelled_case_id(i) for i in range(num_train + num_test)]
+    preview_labelled, preview_unpaired = [], []
     metadata = {
         "generator": "nnunet_cmedl make-synthetic (nnunet_cmedl.synthetic.phantom)",
         "seed": int(seed),
+        "labelled_modality": labelled_modality,
+        "unpaired_modality": unpaired_modality,
         "hard_ct_signal": hard_ct_signal,
         "design": ("CT thorax phantoms. 'lung' tumours (easy) lie in the lung parenchyma with hundreds of HU of "
                    "contrast. 'mediastinal' tumours (hard) abut the mediastinum with a mean CT value within 4 HU of "
@@ -269,9 +314,9 @@ def make_synthetic_dataset(raw_root, dataset_id: int = 501, dataset_name: str = 
         },
         "ct_grid": {"shape_zyx": ct_grid.shape, "spacing_zyx_mm": ct_grid.spacing},
         "mri_grid": {"shape_zyx": mri_grid.shape, "spacing_zyx_mm": mri_grid.spacing},
-        "mri_folder": str(mri_final.relative_to(dataset_folder)) if mri_inside else str(mri_final),
-        "ct_cases": {},
-        "mri_cases": {},
+        "unpaired_folder": str(mri_final.relative_to(dataset_folder)) if mri_inside else str(mri_final),
+        "labelled_cases": {},
+        "unpaired_cases": {},
     }
 
     with ExitStack() as stack:
@@ -279,65 +324,75 @@ def make_synthetic_dataset(raw_root, dataset_id: int = 501, dataset_name: str = 
         build = stack.enter_context(atomic_directory(dataset_folder, overwrite))
         mri_build = build / mri_final.relative_to(dataset_folder) if mri_inside \
             else stack.enter_context(atomic_directory(mri_final, overwrite))
-        for sub in ("imagesTr", "labelsTr", "imagesTs", "labelsTs", MRI_LABELS_FOR_INSPECTION):
+        for sub in ("imagesTr", "labelsTr", "imagesTs", "labelsTs", inspection):
             (build / sub).mkdir()
         mri_build.mkdir(parents=True, exist_ok=True)
 
-        progress = stack.enter_context(tqdm(total=num_train + num_test + num_mri, desc="synthetic cases",
+        progress = stack.enter_context(tqdm(total=num_train + num_test + num_unpaired, desc="synthetic cases",
                                             unit="case", disable=not show_progress))
+        grid = grids[labelled_modality]
         for index, case_id in enumerate(case_ids):
             split = "train" if index < num_train else "test"
             images, labels = ("imagesTr", "labelsTr") if split == "train" else ("imagesTs", "labelsTs")
-            volume = phantom.make_ct_volume(seed, index, ct_grid, hard_ct_signal)
-            _write_nifti(volume.image, ct_grid, build / images / f"{case_id}_0000{FILE_ENDING}")
-            _write_nifti(volume.maps.label, ct_grid, build / labels / f"{case_id}{FILE_ENDING}")
+            volume = makers[labelled_modality](index)
+            _write_nifti(volume.image, grid, build / images / f"{case_id}_0000{FILE_ENDING}")
+            _write_nifti(volume.maps.label, grid, build / labels / f"{case_id}{FILE_ENDING}")
             measured = phantom.measure_tumours(volume)
-            metadata["ct_cases"][case_id] = {
+            record = {
                 "split": split,
                 "image": f"{images}/{case_id}_0000{FILE_ENDING}",
                 "label": f"{labels}/{case_id}{FILE_ENDING}",
                 "label_voxels": int(volume.maps.label.sum()),
-                "ct_noise_sd_hu": phantom.ct_noise_sd(volume.anatomy, ct_grid),
-                "mediastinum_hu": volume.anatomy.ct_hu[phantom.Tissue.MEDIASTINUM],
-                "tumours": [_tumour_record(t, m, volume, k, "ct")
+                "tumours": [_tumour_record(t, m, volume, k, labelled_modality.lower())
                             for k, (t, m) in enumerate(zip(volume.anatomy.tumours, measured), start=1)],
             }
-            if preview and len(preview_ct) < 4:
-                preview_ct.append((case_id, volume))
+            if labelled_modality == "CT":
+                record["ct_noise_sd_hu"] = phantom.ct_noise_sd(volume.anatomy, ct_grid)
+                record["mediastinum_hu"] = volume.anatomy.ct_hu[phantom.Tissue.MEDIASTINUM]
+            metadata["labelled_cases"][case_id] = record
+            if preview and len(preview_labelled) < 4:
+                preview_labelled.append((case_id, volume))
             progress.update()
-        for index in range(num_mri):
-            case_id = mri_case_id(index)
-            volume = phantom.make_mri_volume(seed, index, mri_grid)
-            _write_nifti(volume.image, mri_grid, mri_build / f"{case_id}{FILE_ENDING}")
-            _write_nifti(volume.maps.label, mri_grid, build / MRI_LABELS_FOR_INSPECTION / f"{case_id}{FILE_ENDING}")
+        grid = grids[unpaired_modality]
+        for index in range(num_unpaired):
+            case_id = unpaired_case_id(index, unpaired_modality)
+            volume = makers[unpaired_modality](index)
+            _write_nifti(volume.image, grid, mri_build / f"{case_id}{FILE_ENDING}")
+            _write_nifti(volume.maps.label, grid, build / inspection / f"{case_id}{FILE_ENDING}")
             measured = phantom.measure_tumours(volume)
-            metadata["mri_cases"][case_id] = {
+            metadata["unpaired_cases"][case_id] = {
                 "image": f"{case_id}{FILE_ENDING}",
-                "inspection_label": f"{MRI_LABELS_FOR_INSPECTION}/{case_id}{FILE_ENDING}",
-                "tumours": [_tumour_record(t, m, volume, k, "mri")
+                "inspection_label": f"{inspection}/{case_id}{FILE_ENDING}",
+                "tumours": [_tumour_record(t, m, volume, k, unpaired_modality.lower())
                             for k, (t, m) in enumerate(zip(volume.anatomy.tumours, measured), start=1)],
             }
-            if preview and len(preview_mri) < 4:
-                preview_mri.append((case_id, volume))
+            if preview and len(preview_unpaired) < 4:
+                preview_unpaired.append((case_id, volume))
             progress.update()
 
-        metadata["summary"] = _summary(metadata["ct_cases"])
+        metadata["summary"] = _summary(metadata["labelled_cases"])
         (build / METADATA_NAME).write_text(json.dumps(_rounded(metadata), indent=1) + "\n")
+        names = {"CT": "CT", "MRI": "T2w-like MRI"}
         generate_dataset_json(
-            str(build), channel_names=dict(CT_CHANNEL_NAMES), labels=dict(LABELS), num_training_cases=num_train,
-            file_ending=FILE_ENDING, dataset_name=dataset_folder.name,
-            description="Synthetic thorax CT for CMEDL: easy lung and hard mediastinal tumours; unpaired T2w-like "
-                        f"MRI of other patients in {metadata['mri_folder']}; per-tumour details in {METADATA_NAME}",
-            license="CC0 (synthetic phantom)", converted_by="nnunet_cmedl make-synthetic")
+            str(build), channel_names=dict(CHANNEL_NAMES[labelled_modality]), labels=dict(LABELS),
+            num_training_cases=num_train, file_ending=FILE_ENDING, dataset_name=dataset_folder.name,
+            description=f"Synthetic thorax {names[labelled_modality]} for CMEDL: easy lung and hard (on CT) "
+                        f"mediastinal tumours; unpaired {names[unpaired_modality]} of other patients in "
+                        f"{metadata['unpaired_folder']}; per-tumour details in {METADATA_NAME}",
+            license="CC0 (synthetic phantom)", converted_by="nnunet_cmedl make-synthetic",
+            unpaired_modality=unpaired_modality)  # read by nnunet_cmedl preprocess-unpaired
         if preview:
-            write_preview(build / PREVIEW_NAME, preview_ct, preview_mri)
+            write_preview(build / PREVIEW_NAME, *((preview_labelled, preview_unpaired) if labelled_modality == "CT"
+                                                  else (preview_unpaired, preview_labelled)),
+                          labelled_modality=labelled_modality)
         write_manifest(build, TOOL)
         if not mri_inside:
             write_manifest(mri_build, TOOL)
 
-    return SyntheticDatasetPaths(dataset_folder=dataset_folder, mri_folder=mri_final,
+    return SyntheticDatasetPaths(dataset_folder=dataset_folder, unpaired_folder=mri_final,
                                  preview_png=dataset_folder / PREVIEW_NAME if preview else None,
-                                 metadata_json=dataset_folder / METADATA_NAME)
+                                 metadata_json=dataset_folder / METADATA_NAME, labelled_modality=labelled_modality,
+                                 unpaired_modality=unpaired_modality)
 
 
 # -------------------------------------------------------------------------------------------------------- preview
@@ -352,7 +407,7 @@ def _first_tumour(cases, location):
     return None
 
 
-def write_preview(path: Path, ct_cases, mri_cases) -> None:
+def write_preview(path: Path, ct_cases, mri_cases, labelled_modality: str = "CT") -> None:
     """CT: a hard tumour's slice without and with the label contour (mediastinal window), a lung tumour's slice
     (lung window); MRI: a hard tumour's slice without and with its inspection contour, and a lung tumour's slice."""
     from nnunet_cmedl.plotting import largest_area_slice, subplots
@@ -392,7 +447,12 @@ def write_preview(path: Path, ct_cases, mri_cases) -> None:
                 text += f"\nmean {mean:.0f} HU, mediastinum {med:.0f} HU, {window}"
             text += ", label contour" if contour else ", no contour"
             ax.set_title(text, fontsize=9)
-    fig.suptitle("Synthetic thorax: CT (top, tumour label in red) and unpaired T2w-like MRI of other patients "
-                 "(bottom, inspection labels)", fontsize=11)
+    if labelled_modality == "CT":
+        title = ("Synthetic thorax: CT (top, tumour label in red) and unpaired T2w-like MRI of other patients "
+                 "(bottom, inspection labels)")
+    else:
+        title = ("Synthetic thorax: unpaired CT of other patients (top, inspection labels) and labelled T2w-like "
+                 "MRI (bottom, tumour label in red)")
+    fig.suptitle(title, fontsize=11)
     fig.tight_layout()
     fig.savefig(path, dpi=80)

@@ -10,6 +10,11 @@ Every iteration trains, together and from scratch:
 Generators, teacher and student share one forward and one backward of CMEDL's loss sum; the discriminators follow
 in a step of their own. Only the student is needed for inference: ``network_weights`` in the checkpoint is exactly a
 stock nnU-Net network.
+
+The code names the modalities as the paper does (CT labelled, MRI unpaired, pMRI translated). The labelled modality
+may be MRI with unpaired CT ("weak teacher" in the paper's later version): the same trainer, with the unpaired CT
+preprocessed by ``nnunet_cmedl preprocess-unpaired --modality CT``; read ``ct`` as the labelled image and ``mri`` /
+``pseudo_mri`` as the unpaired / translated one. Logs and figures name the modalities of the run.
 """
 import random
 from os.path import join
@@ -27,10 +32,10 @@ from nnunetv2.utilities.collate_outputs import collate_outputs
 from nnunetv2.utilities.default_n_proc_DA import get_allowed_n_proc_DA
 from nnunetv2.utilities.helpers import dummy_context
 
-from mri_unpaired.loader import get_unpaired_mri_dataloader
+from mri_unpaired.loader import find_unpaired_folder, get_unpaired_dataloader
 from nnunet_cmedl.checkpoint_io import load_checkpoint
 from nnunet_cmedl.distillation.hint import DecoderFeatureTap, hint_loss, unwrap
-from nnunet_cmedl.distillation.teacher import SegmenterOnPseudoMRI, scale_gradient
+from nnunet_cmedl.distillation.teacher import SegmenterOnTranslated, scale_gradient
 from nnunet_cmedl.i2i import I2I_METHODS, build_i2i
 from nnunet_cmedl.i2i.cascade import previous_stage_channels
 from nnunet_cmedl.i2i.networks import I2IArchitecture
@@ -98,7 +103,10 @@ class nnUNetTrainerCMEDL(ExperimentMixin, nnUNetTrainer):
         self.discriminator_layers = 3            # CycleGAN: 70x70 PatchGAN (3 layers)
         self.i2i_padding_mode = 'zeros'          # nnU-Net's convs pad with zeros (CycleGAN: reflect; 0.1: replicate)
         self.generator_strided_stem = False      # True: the generators work one resolution stage lower (networks.py)
-        self.mri_num_channels = 1                # one T2w MRI channel
+        self.mri_num_channels = 1                # one unpaired channel (T2w MRI in the paper)
+        # the unpaired modality ('MRI', 'CT'); None: the one unpaired folder preprocessed for this configuration, or,
+        # with both, the modality other than the labelled one (mri_unpaired.loader.find_unpaired_folder; logged)
+        self.unpaired_modality = None
         self.grad_clip_norm = 12.0               # nnU-Net's gradient clipping, applied to every network
         # a network whose loss or gradient is not finite skips that iteration's step (the others go on); this many
         # in a row stop training (AMP's grad scaler skips a few steps while it finds its scale: 50 halvings take it
@@ -120,13 +128,14 @@ class nnUNetTrainerCMEDL(ExperimentMixin, nnUNetTrainer):
         self.dataloader_mri = None
         self._nonfinite_skips, self._nonfinite_streak = {}, {}  # per network: this epoch's skips, the current run
         self._snapshot_due, self._snapshot = False, None
+        self.modality_names = ('CT', 'MRI')      # (labelled, unpaired) for figures; set when the unpaired data is found
 
     # ------------------------------------------------------------------ building
     def initialize(self):
         super().initialize()  # student (self.network), its SGD + PolyLR, nnU-Net's deep-supervised Dice+CE loss
         self.teacher = self.build_teacher()
         self.i2i = self.build_i2i_method()
-        self.teacher_on_pseudo_mri = SegmenterOnPseudoMRI(self.i2i.generator, self.teacher)
+        self.teacher_on_pseudo_mri = SegmenterOnTranslated(self.i2i.generator, self.teacher)
         self.student_tap = self.build_feature_tap(self.network)
         self.teacher_tap = self.build_feature_tap(self.teacher)
         self.configure_cmedl_optimizers()
@@ -247,7 +256,7 @@ class nnUNetTrainerCMEDL(ExperimentMixin, nnUNetTrainer):
 
     def _keep_snapshot(self, ct, pseudo_mri, mri, target) -> None:
         if self._snapshot_due:
-            self._snapshot = figures.snapshot_arrays(ct, pseudo_mri, mri, target)
+            self._snapshot = figures.snapshot_arrays(ct, pseudo_mri, mri, target, *self.modality_names)
             self._snapshot_due = False
 
     @staticmethod
@@ -319,8 +328,14 @@ class nnUNetTrainerCMEDL(ExperimentMixin, nnUNetTrainer):
         workers = workers and max(1, workers // 2)
         # multi-GPU: one loader per rank, with the rank's batch size (nnU-Net splits the configuration's batch size
         # over the ranks) and, in a seeded run, the rank's seeds: the ranks see different MRI patches
-        self.dataloader_mri = get_unpaired_mri_dataloader(
-            self, num_processes=workers, seeds=worker_seeds(rank_seed(self.seed, self.local_rank), 2, workers))
+        folder, modality, why = find_unpaired_folder(self, self.unpaired_modality)
+        self.modality_names = (self.labelled_channel_name(), modality)
+        self.print_to_log_file(f"labelled {self.modality_names[0]} (normalised with "
+                               f"{self.configuration_manager.normalization_schemes[0]}), unpaired {modality} from "
+                               f"{folder} ({why})")
+        self.dataloader_mri = get_unpaired_dataloader(
+            self, num_processes=workers, seeds=worker_seeds(rank_seed(self.seed, self.local_rank), 2, workers),
+            modality=modality)
         super().on_train_start()
         self._restore_rng_state()  # after the loaders' start-up batches (resumed runs only)
         self._rng_state_to_restore = None
@@ -328,6 +343,11 @@ class nnUNetTrainerCMEDL(ExperimentMixin, nnUNetTrainer):
     def on_train_end(self):
         super().on_train_end()
         self._finish_mri_loader()
+
+    def labelled_channel_name(self) -> str:
+        """The labelled dataset's first channel as its dataset.json names it (e.g. CT, T2w)."""
+        names = self.dataset_json.get('channel_names', self.dataset_json.get('modality', {}))
+        return str(names.get('0', names.get(0, 'image'))) if isinstance(names, dict) else 'image'
 
     def _finish_mri_loader(self):
         finish = getattr(self.dataloader_mri, '_finish', None)
@@ -406,7 +426,7 @@ class nnUNetTrainerCMEDL(ExperimentMixin, nnUNetTrainer):
     def on_epoch_end(self):
         if self.local_rank == 0:
             figures.plot_cmedl_progress(self.logger.local_logger.my_fantastic_logging, self.current_epoch,
-                                        join(self.output_folder, 'progress_cmedl.png'))
+                                        join(self.output_folder, 'progress_cmedl.png'), *self.modality_names)
             if self._snapshot is not None:
                 figures.save_snapshot(self._snapshot, join(self.output_folder, 'cmedl_snapshots',
                                                            f'epoch_{self.current_epoch:04d}.png'))

@@ -5,7 +5,7 @@
 - ``nnUNetTrainerCTPseudoMRI`` (CT+pMRI): one segmentation network on the two channels [CT, G(CT)].
 
 Both deploy the generator followed by the segmenter: the trainer's ``build_network_architecture`` (what stock
-``nnUNetv2_predict`` calls, from the class alone) builds them as one module, ``SegmenterOnPseudoMRI``, so the
+``nnUNetv2_predict`` calls, from the class alone) builds them as one module, ``SegmenterOnTranslated``, so the
 checkpoint's ``network_weights`` holds both and inference needs nothing of ours beyond the trainer class. Unlike
 CMEDL's student, inference costs a generator pass on top of the segmenter (docs/strategies.md).
 
@@ -18,7 +18,7 @@ from nnunetv2.training.lr_scheduler.polylr import PolyLRScheduler
 from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 
 from nnunet_cmedl.distillation.hint import unwrap
-from nnunet_cmedl.distillation.teacher import SegmenterOnPseudoMRI, scale_gradient
+from nnunet_cmedl.distillation.teacher import SegmenterOnTranslated, scale_gradient
 from nnunet_cmedl.i2i import I2I_METHODS
 from nnunet_cmedl.i2i.cascade import refuse_cascade
 from nnunet_cmedl.i2i.networks import I2IArchitecture, ResnetGenerator, init_weights_normal
@@ -58,7 +58,7 @@ class nnUNetTrainerPseudoMRI(nnUNetTrainerCMEDL):
         segmenter = nnUNetTrainer.build_network_architecture(
             plans_manager, configuration_manager, MRI_CHANNELS + (num_input_channels if cls.segment_with_ct else 0),
             num_output_channels, enable_deep_supervision)
-        return SegmenterOnPseudoMRI(generator, segmenter, cls.segment_with_ct)
+        return SegmenterOnTranslated(generator, segmenter, cls.segment_with_ct)
 
     # ------------------------------------------------------------------ building: the segmenter is the teacher
     def initialize(self):
