@@ -16,7 +16,9 @@ COMMANDS = {
     "demo": ("nnunet_cmedl.demo", "the whole job on the embedded synthetic dataset, end to end"),
     "evaluate": ("nnunet_cmedl.evaluation.evaluate_cli", "DSC, surface Dice and HD95 per case for a prediction folder"),
     "compare": ("nnunet_cmedl.evaluation.compare_cli", "paired comparison (Wilcoxon) of two or more prediction folders"),
-    "export-pmri": ("nnunet_cmedl.inference.export_pmri", "translate CT volumes to pseudo-MRI with a CMEDL checkpoint"),
+    "export-translated": ("nnunet_cmedl.inference.export_pmri", "translate labelled-modality volumes (CT) to the "
+                                                                "unpaired modality (pseudo-MRI) with a CMEDL checkpoint"),
+    "export-pmri": ("nnunet_cmedl.inference.export_pmri:main_pmri", "export-translated"),
     "panels": ("nnunet_cmedl.evaluation.panels", "PNG panels: CT, pMRI, MRI, reference/student/teacher contours"),
     "report": ("nnunet_cmedl.evaluation.report", "one HTML page for a trained model: curves, metrics, comparison"),
     "benchmark": ("nnunet_cmedl.benchmark", "train plain nnU-Net and CMEDL with the same budget and compare them"),

@@ -103,3 +103,12 @@ def test_cmedl_trains_an_mri_student_with_a_ct_teacher_and_predicts(mri_labelled
     image, image_img = read(inp / "thorax_005_0000.nii.gz")
     assert pred.shape == image.shape and pred_img.GetSpacing() == image_img.GetSpacing()
     assert set(np.unique(pred)) <= {0, 1}
+
+    # export-translated names its output after the unpaired modality the run trained with (the checkpoint says CT)
+    assert ckpt["cmedl_modalities"] == ["T2w", "CT"]
+    exported = root / "exported"
+    r = run(cli("export-translated", "-m", fold.parent, "-f", "0", "-i", inp, "-o", exported, "--quiet"), env)
+    assert "wrote 1 case(s)" in r.stdout
+    pct, pct_img = read(exported / "thorax_005_pCT.nii.gz")
+    assert pct.shape == image.shape and pct_img.GetSpacing() == image_img.GetSpacing() and np.isfinite(pct).all()
+    assert not (exported / "thorax_005_pMRI.nii.gz").exists()

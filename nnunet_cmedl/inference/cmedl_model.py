@@ -40,6 +40,7 @@ class CMEDLModel:
     inference_allowed_mirroring_axes: Optional[Tuple[int, ...]]
     device: torch.device
     i2i_kwargs: dict = field(default_factory=dict)
+    modalities: Tuple[str, str] = ("CT", "MRI")  # (labelled, unpaired), as training found them (checkpoint)
 
     @property
     def patch_size(self) -> Tuple[int, ...]:
@@ -179,7 +180,7 @@ def load_cmedl_model(model_folder, fold: Union[int, str] = 0, checkpoint_name: s
         generator=generator.to(device).eval(), teacher=teacher.to(device).eval(), student=student.to(device).eval(),
         num_input_channels=num_input_channels,
         inference_allowed_mirroring_axes=tuple(mirror_axes) if mirror_axes is not None else None,
-        device=device, i2i_kwargs=i2i_kwargs)
+        device=device, i2i_kwargs=i2i_kwargs, modalities=tuple(checkpoint.get("cmedl_modalities", ("CT", "MRI"))))
 
 
 def add_model_arguments(parser) -> None:

@@ -1,4 +1,7 @@
-"""``nnunet_cmedl export-pmri``: translate CT volumes into pseudo-MRI (pMRI) with a trained CMEDL model.
+"""``nnunet_cmedl export-translated`` (alias ``export-pmri``): translate labelled-modality volumes into the unpaired
+modality with a trained CMEDL model: CT into pseudo-MRI (pMRI) in the paper's direction, MRI into pseudo-CT (pCT) for
+a model trained on labelled MRI with unpaired CT (the checkpoint's ``cmedl_modalities``; older checkpoints: CT, MRI).
+Below, CT/pMRI name the paper's direction.
 
 For each case, the way ``nnUNetv2_predict`` treats an input:
   1. nnU-Net's preprocessing of the model's configuration (transpose, crop to nonzero, CT normalisation, resampling);
@@ -12,7 +15,7 @@ Optionally the teacher's segmentation of the pMRI and the student's of the CT, b
 (``nnUNetPredictor`` + ``convert_predicted_logits_to_segmentation_with_correct_shape``), so the student's output is
 what ``nnUNetv2_predict --disable_tta`` writes.
 
-Outputs per case: ``<case>_pMRI.nii.gz`` [``<case>_teacher_seg.nii.gz``] [``<case>_student_seg.nii.gz``]; each written
+Outputs per case: ``<case>_pMRI.nii.gz`` (``_pCT`` for an MRI-labelled model) [``<case>_teacher_seg.nii.gz``] [``<case>_student_seg.nii.gz``]; each written
 under a temporary name and renamed when complete; existing outputs are refused unless --overwrite.
 """
 import argparse
@@ -32,7 +35,11 @@ from nnunet_cmedl.errors import UserInputError
 from nnunet_cmedl.inference.cmedl_model import CMEDLModel, add_model_arguments, model_from_arguments
 from mri_unpaired.atomic import atomic_temp_path, exclusive_output, refuse_existing
 
-PMRI_SUFFIX = "_pMRI.nii.gz"
+
+
+def translated_suffix(unpaired_modality: str = "MRI") -> str:
+    """``_pMRI.nii.gz``, ``_pCT.nii.gz``: the translated image's file suffix."""
+    return f"_p{unpaired_modality}.nii.gz"
 TEACHER_SEG_SUFFIX = "_teacher_seg"
 STUDENT_SEG_SUFFIX = "_student_seg"
 _CHANNEL_RE = r"_(\d{4})"
@@ -80,7 +87,7 @@ def input_cases(model: CMEDLModel, input_path) -> List[CaseFiles]:
         raise UserInputError(f"{input_path}: input not found")
     ending = model.file_ending
     if input_path.is_dir():
-        ours = (PMRI_SUFFIX, TEACHER_SEG_SUFFIX + ending, STUDENT_SEG_SUFFIX + ending)  # outputs written here
+        ours = (translated_suffix("MRI"), translated_suffix("CT"), TEACHER_SEG_SUFFIX + ending, STUDENT_SEG_SUFFIX + ending)  # outputs written here
         files = sorted(p.name for p in input_path.iterdir() if p.is_file() and p.name.endswith(ending)
                        and not p.name.startswith(".") and not p.name.endswith(ours))
         if not files:
@@ -342,9 +349,9 @@ def write_image_like_input(array: np.ndarray, output_file, properties: dict, ima
 
 
 def output_files(output_folder, case_id: str, teacher_seg: bool, student_seg: bool,
-                 seg_ending: str = ".nii.gz") -> Dict[str, Path]:
+                 seg_ending: str = ".nii.gz", unpaired_modality: str = "MRI") -> Dict[str, Path]:
     output_folder = Path(output_folder)
-    files = {"pmri": output_folder / f"{case_id}{PMRI_SUFFIX}"}
+    files = {"pmri": output_folder / f"{case_id}{translated_suffix(unpaired_modality)}"}
     if teacher_seg:
         files["teacher_seg"] = output_folder / f"{case_id}{TEACHER_SEG_SUFFIX}{seg_ending}"
     if student_seg:
@@ -409,7 +416,8 @@ def export_pseudo_mri_batch(model: CMEDLModel, input_path, output_folder, teache
     if output_folder.exists() and not output_folder.is_dir():
         raise UserInputError(f"{output_folder}: output exists and is not a folder")
     seg_ending = _seg_ending(model)
-    planned = [output_files(output_folder, c.case_id, teacher_seg, student_seg, seg_ending) for c in cases]
+    planned = [output_files(output_folder, c.case_id, teacher_seg, student_seg, seg_ending, model.modalities[1])
+               for c in cases]
     if not overwrite:  # refuse before any work rather than after half of the cases
         existing = [f for files in planned for f in files.values() if f.exists()]
         if existing:
@@ -428,20 +436,24 @@ def export_pseudo_mri_batch(model: CMEDLModel, input_path, output_folder, teache
 
 
 # ---------------------------------------------------------------------------------------------- CLI
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(command: str = "export-translated") -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
-        prog="nnunet_cmedl export-pmri",
-        description="Translate CT volumes into pseudo-MRI with a trained CMEDL model (its CycleGAN generator), in the "
-                    "input's geometry. Optionally also the teacher's segmentation of the pseudo-MRI and the student's "
-                    "segmentation of the CT (the latter is what nnUNetv2_predict --disable_tta writes).")
+        prog=f"nnunet_cmedl {command}",
+        description="Translate labelled-modality volumes into the unpaired modality with a trained CMEDL model (its "
+                    "I2I generator), in the input's geometry: CT into pseudo-MRI (<case>_pMRI.nii.gz) in the paper's "
+                    "direction, MRI into pseudo-CT (<case>_pCT.nii.gz) for a model trained on labelled MRI. "
+                    "Optionally also the teacher's segmentation of the translated image and the student's "
+                    "segmentation of the input (the latter is what nnUNetv2_predict --disable_tta writes)."
+                    + (" export-pmri and export-translated are the same command." if command == "export-pmri" else ""))
     add_model_arguments(p)
     p.add_argument("-i", "--input", required=True, metavar="INPUT",
-                   help="a CT file, or a folder of nnU-Net-named CT files (CASE_0000.nii.gz, ...)")
-    p.add_argument("-o", "--output", required=True, metavar="OUTPUT_FOLDER", help="where <case>_pMRI.nii.gz goes")
+                   help="an image of the labelled modality, or a folder of nnU-Net-named files (CASE_0000.nii.gz, ...)")
+    p.add_argument("-o", "--output", required=True, metavar="OUTPUT_FOLDER",
+                   help="where <case>_pMRI.nii.gz (or _pCT) goes")
     p.add_argument("--teacher-seg", action="store_true",
-                   help="also write the teacher's segmentation of the pseudo-MRI (<case>_teacher_seg.nii.gz)")
+                   help="also write the teacher's segmentation of the translated image (<case>_teacher_seg.nii.gz)")
     p.add_argument("--student-seg", action="store_true",
-                   help="also write the student's segmentation of the CT (<case>_student_seg.nii.gz)")
+                   help="also write the student's segmentation of the input (<case>_student_seg.nii.gz)")
     p.add_argument("--tta", action="store_true",
                    help="mirroring test-time augmentation for the segmentations (off by default, like --disable_tta)")
     p.add_argument("--overwrite", action="store_true", help="replace existing outputs")
@@ -449,16 +461,20 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def main(argv=None) -> int:
-    args = build_parser().parse_args(argv)
+def main(argv=None, command: str = "export-translated") -> int:
+    args = build_parser(command).parse_args(argv)
     model = model_from_arguments(args)
-    with exclusive_output(args.output, "nnunet_cmedl export-pmri"):
+    with exclusive_output(args.output, "nnunet_cmedl export-translated"):
         written = export_pseudo_mri_batch(model, args.input, args.output, teacher_seg=args.teacher_seg,
                                           student_seg=args.student_seg, step_size=args.step_size,
                                           overwrite=args.overwrite, use_mirroring=args.tta,
                                           show_progress=not args.quiet)
     print(f"wrote {len(written)} case(s) to {args.output}")
     return 0
+
+
+def main_pmri(argv=None) -> int:
+    return main(argv, "export-pmri")
 
 
 if __name__ == "__main__":

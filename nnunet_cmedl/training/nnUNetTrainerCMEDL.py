@@ -478,6 +478,7 @@ class nnUNetTrainerCMEDL(ExperimentMixin, nnUNetTrainer):
             # CMEDL's other parts
             'cmedl_teacher_weights': unwrap(self.teacher).state_dict(),
             'cmedl_i2i_method': self.i2i_method,
+            'cmedl_modalities': list(self.modality_names),  # (labelled, unpaired): names export-translated's outputs
             'cmedl_i2i_weights': self.i2i.state_dict(),
             'cmedl_i2i_kwargs': self.i2i_kwargs(),
             'cmedl_i2i_state': self.i2i.extra_state(),
