@@ -112,3 +112,11 @@ def test_cmedl_trains_an_mri_student_with_a_ct_teacher_and_predicts(mri_labelled
     pct, pct_img = read(exported / "thorax_005_pCT.nii.gz")
     assert pct.shape == image.shape and pct_img.GetSpacing() == image_img.GetSpacing() and np.isfinite(pct).all()
     assert not (exported / "thorax_005_pMRI.nii.gz").exists()
+
+    # panels: the labelled MRI, its pseudo-CT, a real unpaired CT, contours; index.json names the modalities
+    panels = root / "panels"
+    run(cli("panels", "-m", fold.parent, "-i", inp, "-ref", raw / "labelsTs", "--unpaired", raw / "unpairedCT",
+            "-o", panels, "--quiet"), env)
+    index = json.loads((panels / "index.json").read_text())
+    assert index["modalities"] == {"labelled": "T2w", "unpaired": "CT"}
+    assert [p["png"] for p in index["panels"]] == ["thorax_005.png"] and (panels / "thorax_005.png").is_file()

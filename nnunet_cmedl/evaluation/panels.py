@@ -7,6 +7,9 @@ Panels, all on the axial slice (first array axis) where the reference tumour is 
   4. the CT zoomed on the tumour with the contours of the reference (green), the student (red) and the teacher
      (blue; it segmented the pseudo-MRI).
 ``index.json`` beside the PNGs lists each panel with the slice used; ``make_case_panels`` is the Python API.
+Above is the paper's direction; a model trained on labelled MRI with unpaired CT (its checkpoint's
+``cmedl_modalities``) gets the MRI in a 1-99th percentile window, its pseudo-CT and a real CT (--unpaired) in a
+mediastinal window, with titles that say so.
 """
 import argparse
 import json
@@ -34,13 +37,13 @@ def mri_files(mri) -> List[Path]:
         return []
     mri = Path(mri)
     if not mri.exists():
-        raise UserInputError(f"{mri}: --mri not found")
+        raise UserInputError(f"{mri}: --unpaired not found")
     if mri.is_file():
         return [mri]
     files = sorted(p for p in mri.iterdir() if p.is_file() and p.name.lower().endswith(MRI_ENDINGS)
                    and not p.name.startswith("."))
     if not files:
-        raise UserInputError(f"{mri}: no MRI volumes ({', '.join(MRI_ENDINGS)}) in this folder")
+        raise UserInputError(f"{mri}: no image volumes ({', '.join(MRI_ENDINGS)}) in this folder")
     return files
 
 
@@ -53,13 +56,13 @@ def read_mri(path: Path):
         array = sitk.GetArrayFromImage(image).astype(np.float32)
     except RuntimeError as e:
         lines = [ln for ln in str(e).splitlines() if ln.strip()]
-        raise UserInputError(f"{path}: cannot read this MRI ({lines[-1].strip() if lines else 'unreadable'})") \
+        raise UserInputError(f"{path}: cannot read this image ({lines[-1].strip() if lines else 'unreadable'})") \
             from None
     spacing = list(image.GetSpacing())[::-1]
     if array.ndim == 2:
         array, spacing = array[None], [1.0, *spacing]
     if array.ndim != 3:
-        raise UserInputError(f"{path}: expected a 2d or 3d MRI volume, got {array.ndim} dimensions")
+        raise UserInputError(f"{path}: expected a 2d or 3d volume, got {array.ndim} dimensions")
     return array, spacing
 
 
@@ -107,14 +110,22 @@ def render_panel(png_file, case_id: str, ct: np.ndarray, pmri: np.ndarray, refer
                  student: np.ndarray, teacher: np.ndarray, slice_index: int, spacing_zyx,
                  mri: Optional[np.ndarray] = None, mri_name: str = "", mri_slice: Optional[int] = None,
                  mri_spacing_zyx=(1.0, 1.0, 1.0),
-                 student_source: str = "", scores: Optional[Dict[str, float]] = None) -> None:
-    """Draw one case's panel (3d arrays in the input's array order, slice taken along axis 0) into ``png_file``."""
+                 student_source: str = "", scores: Optional[Dict[str, float]] = None,
+                 modalities=("CT", "MRI")) -> None:
+    """Draw one case's panel (3d arrays in the input's array order, slice taken along axis 0) into ``png_file``.
+    ``modalities``: (labelled, unpaired) names; CT is shown in the mediastinal window, anything else in the 1-99th
+    percentiles of its volume."""
     from matplotlib.figure import Figure
     from matplotlib.lines import Line2D
     from matplotlib.patches import Rectangle
 
+    labelled, unpaired = modalities
     width, level = CT_WINDOW
-    ct_lo, ct_hi = level - width / 2, level + width / 2
+    ct_lo, ct_hi = (level - width / 2, level + width / 2) if labelled == "CT" else _percentile_window(ct)
+    window = f"W{width:.0f}/L{level:.0f} HU" if labelled == "CT" else "1-99th percentile"
+
+    def unpaired_window(volume):
+        return (level - width / 2, level + width / 2) if unpaired == "CT" else _percentile_window(volume)
     z = slice_index
     ct_slice, pmri_slice = ct[z], pmri[z]
     masks = {"reference": reference[z] > 0, "student": student[z] > 0, "teacher": teacher[z] > 0}
@@ -126,24 +137,25 @@ def render_panel(png_file, case_id: str, ct: np.ndarray, pmri: np.ndarray, refer
 
     ax = axes[0]
     ax.imshow(ct_slice, cmap="gray", vmin=ct_lo, vmax=ct_hi, aspect=aspect, interpolation="nearest")
-    ax.set_title(f"CT, slice {z}/{n_slices - 1}\nwindow W{width:.0f}/L{level:.0f} HU (mediastinal)", fontsize=10)
+    ax.set_title(f"{labelled}, slice {z}/{n_slices - 1}\nwindow {window}"
+                 + (" (mediastinal)" if labelled == "CT" else " of the volume"), fontsize=10)
 
     ax = axes[1]
     lo, hi = _percentile_window(pmri)
     ax.imshow(pmri_slice, cmap="gray", vmin=lo, vmax=hi, aspect=aspect, interpolation="nearest")
-    ax.set_title("pseudo-MRI (CMEDL generator)\nwindow 1-99th percentile of the volume", fontsize=10)
+    ax.set_title(f"pseudo-{unpaired} (CMEDL generator)\nwindow 1-99th percentile of the volume", fontsize=10)
 
     ax = axes[2]
     if mri is not None:
-        lo, hi = _percentile_window(mri)
+        lo, hi = unpaired_window(mri)
         ax.imshow(mri[mri_slice], cmap="gray", vmin=lo, vmax=hi, interpolation="nearest",
                   aspect=float(mri_spacing_zyx[1]) / float(mri_spacing_zyx[2]))
-        ax.set_title(f"real MRI of ANOTHER patient (unpaired)\n{mri_name}, slice {mri_slice}/{mri.shape[0] - 1}"
-                     f" (similar relative z)", fontsize=10)
+        ax.set_title(f"real {unpaired} of ANOTHER patient (unpaired)\n{mri_name}, slice {mri_slice}/"
+                     f"{mri.shape[0] - 1} (similar relative z)", fontsize=10)
     else:
-        ax.text(0.5, 0.5, "no real MRI given\n(--mri FILE_OR_FOLDER)", ha="center", va="center", fontsize=11,
-                transform=ax.transAxes)
-        ax.set_title("real MRI (another patient)", fontsize=10)
+        ax.text(0.5, 0.5, f"no real {unpaired} given\n(--unpaired FILE_OR_FOLDER)", ha="center", va="center",
+                fontsize=11, transform=ax.transAxes)
+        ax.set_title(f"real {unpaired} (another patient)", fontsize=10)
 
     ax = axes[3]
     # zoomed on the largest reference tumour (on the predictions where it has none on this slice)
@@ -158,12 +170,12 @@ def render_panel(png_file, case_id: str, ct: np.ndarray, pmri: np.ndarray, refer
     ax.set_xlim(c0 - 0.5, c1 - 0.5)
     ax.set_ylim(r1 - 0.5, r0 - 0.5)
     zoomed = (r0, r1, c0, c1) != (0, ct_slice.shape[0], 0, ct_slice.shape[1])
-    ax.set_title("contours on CT" + (" (zoom: yellow box in panel 1)" if zoomed else "") + "\n"
-                 f"W{width:.0f}/L{level:.0f} HU", fontsize=10)
+    ax.set_title(f"contours on {labelled}" + (" (zoom: yellow box in panel 1)" if zoomed else "") + "\n"
+                 f"{window}", fontsize=10)
     if zoomed:
         axes[0].add_patch(Rectangle((c0 - 0.5, r0 - 0.5), c1 - c0, r1 - r0, fill=False, edgecolor="yellow",
                                     linewidth=1, linestyle="--"))
-    labels = {"reference": "reference", "student": f"student ({student_source})", "teacher": "teacher (on pMRI)"}
+    labels = {"reference": "reference", "student": f"student ({student_source})", "teacher": f"teacher (on pseudo-{unpaired})"}
     if scores:
         labels = {k: (v + (f", DSC {scores[k]:.2f}" if k in scores and np.isfinite(scores[k]) else ""))
                   for k, v in labels.items()}
@@ -256,7 +268,7 @@ def make_case_panels(model, images_folder, labels_folder, out_folder, student_pr
             mri_name = mri_path.name
         scores = {"student": dice(student, reference), "teacher": dice(teacher, reference)}
         render_panel(png, case.case_id, ct, pmri, reference, student, teacher, z, result.properties["spacing"],
-                     mri_array, mri_name, mri_slice, mri_spacing, student_source, scores)
+                     mri_array, mri_name, mri_slice, mri_spacing, student_source, scores, model.modalities)
         entries.append({
             "case": case.case_id, "png": png.name, "slice": z, "axis": 0, "num_slices": int(ct.shape[0]),
             "reference_area_voxels": int((reference[z] > 0).sum()), "reference_empty": not bool((reference > 0).any()),
@@ -269,6 +281,7 @@ def make_case_panels(model, images_folder, labels_folder, out_folder, student_pr
         })
     index = {"model_folder": str(model.model_folder), "checkpoint": str(model.checkpoint_file),
              "configuration": model.configuration_name,
+             "modalities": {"labelled": model.modalities[0], "unpaired": model.modalities[1]},
              "ct_window": {"width": CT_WINDOW[0], "level": CT_WINDOW[1], "name": "mediastinal"},
              "slice_rule": "argmax over axis 0 of the reference foreground area (middle slice if empty)",
              "contours": {"reference": "green", "student": "red", "teacher": "blue"},
@@ -286,18 +299,18 @@ def build_parser() -> argparse.ArgumentParser:
         prog="nnunet_cmedl panels",
         description="One PNG per case: CT (W400/L40), pseudo-MRI, a real MRI of another patient, and the reference "
                     "(green) / student (red) / teacher (blue) contours on the slice of largest reference area; plus "
-                    "index.json.")
+                    "index.json. For a model trained on labelled MRI with unpaired CT: MRI, pseudo-CT, a real CT.")
     add_model_arguments(p)
     p.add_argument("-i", "--images", required=True, metavar="IMAGES_FOLDER",
-                   help="folder of nnU-Net-named CT files (CASE_0000.nii.gz)")
+                   help="folder of nnU-Net-named images of the labelled modality (CASE_0000.nii.gz)")
     p.add_argument("-ref", "--reference", required=True, metavar="LABELS_FOLDER",
                    help="folder of reference labels (CASE.nii.gz)")
     p.add_argument("--student-pred", default=None, metavar="FOLDER",
                    help="the student's predictions (nnUNetv2_predict output); computed with the student if absent")
     p.add_argument("-o", "--output", default=None, metavar="OUT_FOLDER",
                    help="where the PNGs and index.json go (default MODEL_FOLDER/fold_F/cmedl_panels)")
-    p.add_argument("--mri", default=None, metavar="FILE_OR_FOLDER",
-                   help="unpaired real MRI volume(s) shown for comparison (other patients)")
+    p.add_argument("--unpaired", "--mri", dest="mri", default=None, metavar="FILE_OR_FOLDER",
+                   help="real volume(s) of the unpaired modality shown for comparison (other patients)")
     p.add_argument("--overwrite", action="store_true", help="replace existing PNGs and index.json")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     return p
