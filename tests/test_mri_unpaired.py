@@ -682,6 +682,23 @@ def test_unpaired_ct_gets_nnunet_ct_normalisation_with_the_sets_own_statistics(d
     assert means[0] < -1.0 and means[2] > 0.5  # the HU levels survive (a per-image z-score would centre each on 0)
     assert snapshot(mri_out(ds)) == mri_folder_before
 
+    # an update keeps the set's statistics (every case keeps the normalisation it was made with); a manifest that
+    # lost them is refused, not silently renormalised
+    write_image(ct_folder / "ct3.nii.gz", raws["ct1"] + 50, CT_SPACING)
+    r = unpaired_cli(ds["env"], "-d", DATASET_ID, "-c", "3d_fullres", "--modality", "CT", "-i", ct_folder, "-np", "0")
+    assert r.returncode == 0 and "kept from the first run" in r.stdout, r.stdout + r.stderr
+    m2 = json.loads((out / "manifest.json").read_text())
+    assert m2["intensity_statistics"] == st and sorted(m2["cases"]) == ["ct0", "ct1", "ct2", "ct3"]
+    broken = dict(m2)
+    del broken["intensity_statistics"]
+    (out / "manifest.json").write_text(json.dumps(broken))
+    before = snapshot(out)
+    (ct_folder / "ct3.nii.gz").unlink()
+    write_image(ct_folder / "ct4.nii.gz", raws["ct0"], CT_SPACING)
+    r = unpaired_cli(ds["env"], "-d", DATASET_ID, "-c", "3d_fullres", "--modality", "CT", "-i", ct_folder, "-np", "0")
+    assert r.returncode == 2 and "no intensity statistics" in r.stderr and "--overwrite" in r.stderr, r.stderr
+    assert snapshot(out) == before
+
     # the unpaired loader of a trainer on the CT-labelled dataset: both folders exist, so the modality other than
     # the labelled one (MRI) is read unless the trainer asks for CT
     from mri_unpaired.loader import find_unpaired_folder
