@@ -1,7 +1,8 @@
 """Either modality as the student: an MRI-labelled dataset with unpaired CT, through the stock commands.
 
 make-synthetic --labelled-modality MRI -> nnUNetv2_plan_and_preprocess -> preprocess-unpaired (the modality read from
-dataset.json) -> nnUNetv2_train with nnUNetTrainerCMEDL_tinyCPU -> nnUNetv2_predict. About 2 minutes on 2 CPU cores.
+dataset.json) -> nnUNetv2_train with nnUNetTrainerCMEDL_tinyCPU (and --c) -> nnUNetv2_predict, export-translated,
+panels. About 2 minutes on 2 CPU cores.
 """
 import json
 import pickle
@@ -9,7 +10,7 @@ import pickle
 import numpy as np
 import pytest
 
-from conftest import BIN, cli, nnunet_env, run
+from conftest import BIN, cli, nnunet_env, resume_mid_run, run
 
 DATASET_ID = 992
 SMALL_2D = "2d_tiny"
@@ -78,7 +79,9 @@ def test_preprocess_unpaired_reads_ct_from_dataset_json_and_uses_ct_normalisatio
 
 def test_cmedl_trains_an_mri_student_with_a_ct_teacher_and_predicts(mri_labelled):
     env, root, raw = mri_labelled["env"], mri_labelled["root"], mri_labelled["raw"]
-    run([BIN / "nnUNetv2_train", DATASET_ID, SMALL_2D, "0", "-tr", TRAINER, "-device", "cpu"], env)
+    import torch
+    train_cmd = [BIN / "nnUNetv2_train", DATASET_ID, SMALL_2D, "0", "-tr", TRAINER, "-device", "cpu"]
+    run(train_cmd, env)
     fold = next((root / "nnUNet_results").glob(f"Dataset{DATASET_ID}_*")) / f"{TRAINER}__nnUNetPlans__{SMALL_2D}" / \
         "fold_0"
     log = "".join(p.read_text() for p in sorted(fold.glob("training_log_*.txt")))
@@ -86,10 +89,13 @@ def test_cmedl_trains_an_mri_student_with_a_ct_teacher_and_predicts(mri_labelled
     assert "__ct_unpaired" in log
     assert (fold / "progress_cmedl.png").is_file() and list((fold / "cmedl_snapshots").glob("epoch_*.png"))
 
-    import torch
-    ckpt = torch.load(fold / "checkpoint_final.pth", map_location="cpu", weights_only=False)
+    # stock --c: resumed after epoch 0 of 2 (rewound), it keeps epoch 0's log and trains epoch 1 again
+    first_run = torch.load(fold / "checkpoint_final.pth", map_location="cpu", weights_only=False)
+    ckpt = resume_mid_run(fold, train_cmd, env)
     hint = ckpt["logging"]["cmedl_hint"]
     assert len(hint) == 2 and all(np.isfinite(h) and h > 0 for h in hint)
+    assert hint[0] == first_run["logging"]["cmedl_hint"][0]
+    assert "unpaired CT from" in (sorted(fold.glob("training_log_*.txt"))[-1]).read_text()
     # the student (network_weights, what nnUNetv2_predict runs) and the teacher on pseudo-CT both take one channel
     first = [k for k in ckpt["network_weights"] if k.endswith("weight")][0]
     assert ckpt["network_weights"][first].shape[1] == ckpt["cmedl_teacher_weights"][first].shape[1] == 1
