@@ -166,6 +166,9 @@ def load_checkpoint_info(path: Path, trust: bool = False) -> dict:
     if not isinstance(ckpt, dict) or not isinstance(ckpt.get("logging"), dict):
         raise UserInputError(f"{path}: not an nnU-Net v2 training checkpoint (no 'logging' dict)")
     info = {k: ckpt.get(k) for k in ("logging", "trainer_name", "init_args", "current_epoch", "cmedl_i2i_kwargs")}
+    modalities = ckpt.get("cmedl_modalities")  # (labelled, unpaired); checkpoints from before: the paper's CT, MRI
+    info["modalities"] = tuple(modalities) if isinstance(modalities, (list, tuple)) and len(modalities) == 2 \
+        else ("CT", "MRI")
     info["has_cmedl_weights"] = "cmedl_teacher_weights" in ckpt
     return info
 
@@ -218,13 +221,15 @@ def _curve_panels(curves: Dict[str, List[float]], cmedl: bool) -> List[Tuple[str
     return panels
 
 
-def plot_curves(logging: dict, cmedl: bool, class_names: Optional[Sequence[str]] = None) -> bytes:
-    """PNG of every logged curve: CMEDL's panels (figures.PANELS) or nnU-Net's stock ones, plus lr, epoch time."""
+def plot_curves(logging: dict, cmedl: bool, class_names: Optional[Sequence[str]] = None,
+                modalities: Sequence[str] = ("CT", "MRI")) -> bytes:
+    """PNG of every logged curve: CMEDL's panels (figures.PANELS) or nnU-Net's stock ones, plus lr, epoch time.
+    ``modalities``: (labelled, unpaired) names for the legends (the checkpoint's ``cmedl_modalities``)."""
     from matplotlib.ticker import MaxNLocator
     from nnunet_cmedl.plotting import subplots
-    from nnunet_cmedl.training.figures import LABELS
+    from nnunet_cmedl.training.figures import curve_labels
 
-    labels = dict(LABELS, ema_fg_dice="student EMA on CT") if cmedl else \
+    labels = dict(curve_labels(*modalities), ema_fg_dice=f"student EMA on {modalities[0]}") if cmedl else \
         {"train_losses": "train loss", "val_losses": "validation loss", "mean_fg_dice": "pseudo Dice",
          "ema_fg_dice": "pseudo Dice (EMA)"}
     curves = curves_from_logging(logging)
@@ -355,6 +360,7 @@ def load_model(model_folder, fold=0, trust_checkpoint: bool = False) -> dict:
         "logging": logging,
         "is_cmedl": is_cmedl_logging(logging),
         "has_cmedl_weights": ckpt["has_cmedl_weights"],
+        "modalities": ckpt["modalities"],
         "i2i_kwargs": ckpt["cmedl_i2i_kwargs"] if isinstance(ckpt["cmedl_i2i_kwargs"], dict) else None,
         "hyperparameters": _hyperparameters(fold_folder),
         "class_names": _class_names(model_folder),
@@ -532,7 +538,8 @@ def _curves(model: dict) -> dict:
                     "absent": "no snapshot PNG in cmedl_snapshots/ (not present)" if snap is None
                     else f"{snap}: not a readable PNG"})
     return {"cmedl": model["is_cmedl"], "trainer": model["trainer_name"], "checkpoint": model["checkpoint"].name,
-            "plot": plot_curves(model["logging"], model["is_cmedl"], model["class_names"]), "rows": rows,
+            "plot": plot_curves(model["logging"], model["is_cmedl"], model["class_names"], model["modalities"]),
+            "rows": rows,
             "figures": figures}
 
 
