@@ -73,9 +73,11 @@ def test_checkpoint_keys_and_every_loss_logged_finite(trained_3d):
     stock = {"network_weights", "optimizer_state", "grad_scaler_state", "logging", "_best_ema", "current_epoch",
              "init_args", "trainer_name", "inference_allowed_mirroring_axes"}
     extra = {"cmedl_teacher_weights", "cmedl_i2i_method", "cmedl_i2i_weights", "cmedl_i2i_kwargs", "cmedl_i2i_state",
-             "cmedl_optimizer_states", "cmedl_lr_scheduler_states", "cmedl_grad_scaler_states", "cmedl_rng_state"}
+             "cmedl_optimizer_states", "cmedl_lr_scheduler_states", "cmedl_grad_scaler_states", "cmedl_rng_state",
+             "cmedl_modalities"}
     assert stock | extra == set(ckpt)
     assert ckpt["trainer_name"] == TINY and ckpt["cmedl_i2i_method"] == "cyclegan"
+    assert ckpt["cmedl_modalities"] == ["CT", "MRI"]  # (labelled, unpaired) as the run found them
     assert set(ckpt["cmedl_optimizer_states"]) == {"teacher", "generators", "discriminators"}
     assert any(k.startswith("ct_to_mri.") for k in ckpt["cmedl_i2i_weights"])
     logs = ckpt["logging"]
