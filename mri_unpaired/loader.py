@@ -1,7 +1,8 @@
 """Random patches of the preprocessed unpaired volumes (MRI or CT), batched and augmented like the labelled training
 batches.
 
-``get_unpaired_dataloader(trainer)`` finds the trainer's unpaired folder (``find_unpaired_folder``) and reads everything from an initialised ``nnUNetTrainer`` (or subclass): batch
+``get_unpaired_dataloader(trainer)`` finds the trainer's unpaired folder (``find_unpaired_folder``) and reads
+everything from an initialised ``nnUNetTrainer`` (or subclass): batch
 size, patch size, the initial (rotation-safe) patch size, rotation, dummy-2D and mirroring settings, and the
 trainer's own ``get_training_transforms`` hook, applied to an image-only dict (batchgeneratorsv2 transforms skip an
 absent 'segmentation'). Batches are ``{'data': float32 tensor (B, 1, *patch_size), 'keys': case names}``, produced in
@@ -23,7 +24,7 @@ from nnunetv2.utilities.default_n_proc_DA import get_allowed_n_proc_DA
 from threadpoolctl import threadpool_limits
 
 from mri_unpaired.errors import UserInputError
-from mri_unpaired.modality import DEFAULT_MODALITY, MODALITIES, labelled_modality_guess
+from mri_unpaired.modality import DEFAULT_MODALITY, MODALITIES, labelled_modality_guess, other_modality
 from mri_unpaired.paths import CASE_DATA_ENDING, case_files, read_manifest, unpaired_folder
 from mri_unpaired.plans import geometry_hash
 
@@ -151,7 +152,7 @@ def find_unpaired_folder(trainer, modality: str = None):
         raise UserInputError("environment variable nnUNet_preprocessed is not set; the trainer cannot find the "
                              "preprocessed unpaired volumes")
     labelled = labelled_modality_guess(trainer.configuration_manager.normalization_schemes)
-    other = "MRI" if labelled == "CT" else "CT"
+    other = other_modality(labelled)
     if modality is not None:
         return unpaired_folder(trainer.preprocessed_dataset_folder, modality), modality, "the trainer's unpaired_modality"
     existing = [m for m in MODALITIES if os.path.isdir(unpaired_folder(trainer.preprocessed_dataset_folder, m))]

@@ -62,6 +62,11 @@ def resolve_unpaired_modality(option, dataset_json: dict, dataset_json_file: str
                          f"\"{DATASET_JSON_KEY}\" in {dataset_json_file}); it decides the normalisation")
 
 
+def other_modality(name: str) -> str:
+    """The modality of the other side: MRI for CT, CT for anything else (CMEDL pairs CT with MRI)."""
+    return "MRI" if name == "CT" else "CT"
+
+
 def labelled_modality_guess(normalization_schemes) -> str:
     """What the planned (labelled) data's first channel is, from its normalisation: CT for nnU-Net's CT scheme."""
     return "CT" if normalization_schemes and normalization_schemes[0] == "CTNormalization" else "MRI"

@@ -28,20 +28,17 @@ import numpy as np
 
 from nnunet_cmedl.errors import UserInputError
 from nnunet_cmedl.synthetic import phantom
+from mri_unpaired.modality import other_modality
 from mri_unpaired.atomic import (atomic_directory, exclusive_output, refuse_existing, refuse_foreign,
                                  write_manifest)
 
 CHANNEL_NAMES = {"CT": {0: "CT"}, "MRI": {0: "T2w"}}   # nnU-Net normalises "CT" with its CT scheme, "T2w" z-score
-MODALITIES = ("CT", "MRI")
+MODALITIES = tuple(CHANNEL_NAMES)
 LABELS = {"background": 0, "tumour": 1}
 FILE_ENDING = ".nii.gz"
 METADATA_NAME = "phantom_metadata.json"
 TOOL = "nnunet_cmedl make-synthetic"  # in the manifests that let --overwrite replace only what it wrote
 PREVIEW_NAME = "preview.png"
-
-
-def other_modality(modality: str) -> str:
-    return "MRI" if modality == "CT" else "CT"
 
 
 def unpaired_folder_name(unpaired_modality: str) -> str:
