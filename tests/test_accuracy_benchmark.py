@@ -48,6 +48,33 @@ def test_generated_benchmark_trainers_seed_plain_nnunet_too(planned_dataset, mon
     assert (t.seed, t.lambda_hint, t.generator_features, t.num_epochs) == (2, 0.0, 16, 40)
 
 
+def test_with_the_hint_off_the_cmedl_student_is_plain_nnunet_bit_for_bit(planned_dataset, monkeypatch):
+    """The benchmark's trainers at one seed: everything CMEDL adds draws from its own random streams, so the student
+    starts from plain nnU-Net's weights and sees its batches. Without the hint (noHint; teacherAhead while its gate is
+    closed) it ends as plain nnU-Net's network, exactly; with the hint it does not. So a paired comparison at one
+    seed measures what the hint does, and nothing else."""
+    from nnunet_cmedl.training import benchmark_trainers
+
+    def student_after_training(method):
+        cls = getattr(benchmark_trainers, benchmark_trainers.trainer_name(method, "benchCPU", 2))
+        t = tiny(make_trainer(planned_dataset, cls, SMALL_2D, monkeypatch), epochs=2, iterations=3, seed=2)
+        t.initialize()
+        initial = {k: v.clone() for k, v in t.network.state_dict().items()}
+        t.run_training()
+        return initial, t.network.state_dict(), t.logger.get_checkpoint()
+
+    plain_initial, plain, plain_log = student_after_training("nnU-Net")
+    assert any(not torch.equal(plain_initial[k], plain[k]) for k in plain)  # it trained
+    for method in ("CMEDL_noHint", "CMEDL_teacherAhead"):
+        initial, student, log = student_after_training(method)
+        assert all(torch.equal(plain_initial[k], initial[k]) for k in plain), method
+        assert not [k for k in plain if not torch.equal(plain[k], student[k])], method
+        np.testing.assert_array_equal(plain_log["train_losses"], log["train_losses"])
+        assert np.all(np.asarray(log["cmedl_hint"]) > 0)  # computed, weighted 0 (teacherAhead: gate closed)
+    _, hinted, _ = student_after_training("CMEDL")
+    assert [k for k in plain if not torch.equal(plain[k], hinted[k])]
+
+
 def test_resume_mid_run_continues_exactly_like_the_uninterrupted_run(planned_dataset, monkeypatch, tmp_path):
     """3 epochs straight vs 1 epoch, a new process-like trainer loading checkpoint_latest.pth, then 2 more."""
     from nnunet_cmedl.training import nnUNetTrainerCMEDL_tinyCPU

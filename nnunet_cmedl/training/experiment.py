@@ -12,6 +12,12 @@
 - ``curve_checkpoint_every`` (0: off): every that many epochs, ``checkpoint_epoch_NNNN.pth`` beside nnU-Net's
   checkpoints, holding what ``nnUNetv2_predict -chk`` needs (the network weights, init args, trainer name,
   mirroring axes) and nothing to resume from: learning curves from one run, evaluated on test data afterwards.
+
+``RandomStreams``: random streams of their own, swapped in for Python's, numpy's and torch's global ones while code
+runs that must not draw from them. CMEDL builds its teacher and I2I networks and runs its training step inside its
+own streams, so that a seeded CMEDL run's student starts from plain nnU-Net's initial weights and sees plain nnU-Net's
+batches (nnU-Net draws them from the global streams): with the hint off, its student is plain nnU-Net's, bit for bit
+on the CPU, and a comparison of methods at one seed differs only by what the method changes.
 """
 import os
 import random
@@ -34,6 +40,46 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2 ** 32)
     torch.manual_seed(seed)
+
+
+def global_random_state() -> dict:
+    return {'python': random.getstate(), 'numpy': np.random.get_state(), 'torch': torch.get_rng_state()}
+
+
+def set_global_random_state(state: dict) -> None:
+    random.setstate(state['python'])
+    np.random.set_state(state['numpy'])
+    torch.set_rng_state(state['torch'].cpu())
+
+
+class RandomStreams:
+    """Python's ``random``, numpy's global and torch's CPU generator, kept apart from the global ones: inside
+    ``with streams.active():`` the global functions draw from these streams, and the global streams are left as they
+    were. Seeded from ``seed`` (None: fresh entropy). Nested ``active()`` calls are part of the outer one. ``state`` is
+    what a checkpoint keeps (``set_global_random_state``'s format)."""
+
+    def __init__(self, seed=None):
+        entropy = np.random.SeedSequence(None if seed is None else [seed, 3]).generate_state(1)[0]
+        saved = global_random_state()
+        seed_everything(int(entropy))
+        self.state = global_random_state()
+        set_global_random_state(saved)
+        self._depth = 0
+
+    @contextmanager
+    def active(self):
+        if self._depth:
+            yield
+            return
+        saved = global_random_state()
+        set_global_random_state(self.state)
+        self._depth = 1
+        try:
+            yield
+        finally:
+            self._depth = 0
+            self.state = global_random_state()
+            set_global_random_state(saved)
 
 
 def worker_seeds(seed, stream: int, n: int):

@@ -16,7 +16,7 @@ may be MRI with unpaired CT ("weak teacher" in the paper's later version): the s
 preprocessed by ``nnunet_cmedl preprocess-unpaired --modality CT``; read ``ct`` as the labelled image and ``mri`` /
 ``pseudo_mri`` as the unpaired / translated one. Logs and figures name the modalities of the run.
 """
-import random
+import functools
 from os.path import join
 from typing import List
 
@@ -41,7 +41,8 @@ from nnunet_cmedl.i2i.cascade import previous_stage_channels
 from nnunet_cmedl.i2i.networks import I2IArchitecture
 from nnunet_cmedl.training import figures
 from nnunet_cmedl.training.ddp import TrainingPass, all_ranks_agree, gather_from_all_ranks, rank_seed, wrap_in_ddp
-from nnunet_cmedl.training.experiment import ExperimentMixin, worker_seeds
+from nnunet_cmedl.training.experiment import (ExperimentMixin, RandomStreams, global_random_state,
+                                               set_global_random_state, worker_seeds)
 from nnunet_cmedl.training.lr_schedulers import constant_then_linear_decay, set_epoch
 from mri_unpaired.atomic import atomic_path, remove_stale_temps
 
@@ -53,6 +54,16 @@ SEGMENTATION_LOSS_NAMES = TRAIN_LOSS_NAMES[-4:]
 VAL_LOG_NAMES = ("teacher_val_loss", "teacher_pseudo_dice_pmri")
 # networks with an optimizer; 'cmedl_nonfinite_skips_' + name logs how many of an epoch's steps each skipped
 NETWORKS = ("generators", "teacher", "student", "discriminators")
+
+
+def draws_from_cmedl_random_streams(method):
+    """The trainer's method draws random numbers from CMEDL's own streams (``trainer.cmedl_random``), not from the
+    global ones that nnU-Net's batches come from."""
+    @functools.wraps(method)
+    def wrapped(self, *args, **kwargs):
+        with self.cmedl_random.active():
+            return method(self, *args, **kwargs)
+    return wrapped
 
 
 class TrainingStopped(SystemExit):
@@ -115,6 +126,9 @@ class nnUNetTrainerCMEDL(ExperimentMixin, nnUNetTrainer):
         self.save_snapshot_every = 10            # epochs between PNGs of CT / pMRI / MRI / label
 
         self.teacher = self.i2i = self.teacher_on_pseudo_mri = None
+        # everything CMEDL adds draws from random streams of its own (set in initialize, seeded like the run): the
+        # student's initial weights and nnU-Net's batches are those of plain nnU-Net with the same seed (experiment.py)
+        self.cmedl_random = None
         self.student_tap = self.teacher_tap = None
         # what the training step calls for the I2I method's two passes: its own methods, or (multi-GPU) DDP modules
         # running them (wrap_cmedl_networks_in_ddp; the taps likewise)
@@ -133,18 +147,20 @@ class nnUNetTrainerCMEDL(ExperimentMixin, nnUNetTrainer):
     # ------------------------------------------------------------------ building
     def initialize(self):
         super().initialize()  # student (self.network), its SGD + PolyLR, nnU-Net's deep-supervised Dice+CE loss
-        self.teacher = self.build_teacher()
-        self.i2i = self.build_i2i_method()
-        self.teacher_on_pseudo_mri = SegmenterOnTranslated(self.i2i.generator, self.teacher)
-        self.student_tap = self.build_feature_tap(self.network)
-        self.teacher_tap = self.build_feature_tap(self.teacher)
-        self.configure_cmedl_optimizers()
-        self._register_log_keys()
-        if self._do_i_compile():
-            self.compile_cmedl_networks()
-        self.i2i_generator_pass, self.i2i_discriminator_loss = self.i2i.generator_pass, self.i2i.discriminator_loss
-        if self.is_ddp:
-            self.wrap_cmedl_networks_in_ddp()
+        self.cmedl_random = RandomStreams(rank_seed(self.seed, self.local_rank))
+        with self.cmedl_random.active():
+            self.teacher = self.build_teacher()
+            self.i2i = self.build_i2i_method()
+            self.teacher_on_pseudo_mri = SegmenterOnTranslated(self.i2i.generator, self.teacher)
+            self.student_tap = self.build_feature_tap(self.network)
+            self.teacher_tap = self.build_feature_tap(self.teacher)
+            self.configure_cmedl_optimizers()
+            self._register_log_keys()
+            if self._do_i_compile():
+                self.compile_cmedl_networks()
+            self.i2i_generator_pass, self.i2i_discriminator_loss = self.i2i.generator_pass, self.i2i.discriminator_loss
+            if self.is_ddp:
+                self.wrap_cmedl_networks_in_ddp()
 
     def build_teacher(self) -> nn.Module:
         """nnU-Net's network for the pseudo-MRI (the plans' architecture, MRI channels in; in a cascade's second
@@ -215,6 +231,7 @@ class nnUNetTrainerCMEDL(ExperimentMixin, nnUNetTrainer):
             self.optimizer_discriminators, self.num_epochs, self.gan_constant_lr_fraction)
 
     # ------------------------------------------------------------------ the training step: CMEDL's loss sum
+    @draws_from_cmedl_random_streams
     def train_step(self, batch: dict) -> dict:
         ct, target = self._batch_to_device(batch)
         mri = next(self.dataloader_mri)['data'].to(self.device, non_blocking=True)
@@ -333,9 +350,10 @@ class nnUNetTrainerCMEDL(ExperimentMixin, nnUNetTrainer):
         self.print_to_log_file(f"labelled {self.modality_names[0]} (normalised with "
                                f"{self.configuration_manager.normalization_schemes[0]}), unpaired {modality} from "
                                f"{folder} ({why})")
-        self.dataloader_mri = get_unpaired_dataloader(
-            self, num_processes=workers, seeds=worker_seeds(rank_seed(self.seed, self.local_rank), 2, workers),
-            modality=modality)
+        with self.cmedl_random.active():
+            self.dataloader_mri = get_unpaired_dataloader(
+                self, num_processes=workers, seeds=worker_seeds(rank_seed(self.seed, self.local_rank), 2, workers),
+                modality=modality)
         super().on_train_start()
         self._restore_rng_state()  # after the loaders' start-up batches (resumed runs only)
         self._rng_state_to_restore = None
@@ -454,7 +472,7 @@ class nnUNetTrainerCMEDL(ExperimentMixin, nnUNetTrainer):
         # the random streams, so that a resumed seeded run draws what the uninterrupted one would have drawn (in the
         # main process; data-augmentation workers restart with their seeds). Multi-GPU: every rank's, gathered (nnU-Net
         # calls save_checkpoint on every rank, under the same conditions); the file is rank 0's to write
-        rng = {'python': random.getstate(), 'numpy': np.random.get_state(), 'torch': torch.get_rng_state()}
+        rng = {**global_random_state(), 'cmedl': self.cmedl_random.state}
         rng_per_rank = None
         if self.is_ddp and not self.disable_checkpointing:
             rng_per_rank = [None] * dist.get_world_size()
@@ -554,9 +572,9 @@ class nnUNetTrainerCMEDL(ExperimentMixin, nnUNetTrainer):
         resumed seeded run draws what the uninterrupted run drew (with nnUNet_n_proc_DA=0, on the CPU)."""
         rng = getattr(self, '_rng_state_to_restore', None)
         if rng is not None:
-            random.setstate(rng['python'])
-            np.random.set_state(rng['numpy'])
-            torch.set_rng_state(rng['torch'].cpu())
+            set_global_random_state(rng)
+            if 'cmedl' in rng:  # older checkpoints: CMEDL drew from the global streams then
+                self.cmedl_random.state = rng['cmedl']
 
     def _cmedl_optimizers(self) -> dict:
         return {'teacher': self.optimizer_teacher, 'generators': self.optimizer_generators,

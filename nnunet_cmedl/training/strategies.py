@@ -23,7 +23,7 @@ from nnunet_cmedl.i2i import I2I_METHODS
 from nnunet_cmedl.i2i.cascade import refuse_cascade
 from nnunet_cmedl.i2i.networks import I2IArchitecture, ResnetGenerator, init_weights_normal
 from nnunet_cmedl.training.ddp import TrainingPass, wrap_in_ddp
-from nnunet_cmedl.training.nnUNetTrainerCMEDL import nnUNetTrainerCMEDL
+from nnunet_cmedl.training.nnUNetTrainerCMEDL import draws_from_cmedl_random_streams, nnUNetTrainerCMEDL
 
 MRI_CHANNELS = 1
 
@@ -110,6 +110,7 @@ class nnUNetTrainerPseudoMRI(nnUNetTrainerCMEDL):
         return {'generators': self.lr_scheduler_generators, 'discriminators': self.lr_scheduler_discriminators}
 
     # ------------------------------------------------------------------ the training step
+    @draws_from_cmedl_random_streams
     def train_step(self, batch: dict) -> dict:
         ct, target = self._batch_to_device(batch)
         mri = next(self.dataloader_mri)['data'].to(self.device, non_blocking=True)
