@@ -154,11 +154,11 @@ def test_merged_teacher_pass_gives_the_gradients_of_two_separate_passes(started)
     # the trainer's way: capture the gradients of its one backward instead of stepping
     captured = {}
 
-    def capture(loss, grad_scaler, networks):
+    def capture(*groups):
         if not captured:
             for m in gen + [teacher]:
                 m.zero_grad(set_to_none=True)
-            loss.backward()
+            sum(loss for loss, _, _ in groups).backward()
             captured.update(collect())
     trainer._optimize = capture
     trainer.train_step(batch)

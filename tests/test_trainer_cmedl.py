@@ -289,6 +289,32 @@ def test_hint_moves_the_student_not_the_teacher(started_trainer, tmp_path):
     assert not weights_equal(student_0, student_1)
 
 
+@pytest.mark.parametrize("started_trainer", [TINY], indirect=True)
+def test_amp_the_student_keeps_a_loss_scaler_of_its_own(started_trainer, tmp_path):
+    """On CUDA every loss is scaled by an AMP grad scaler (here CPU scalers run the same code). The student's part of
+    CMEDL's loss sum (its segmentation loss and the hint) has nnU-Net's scaler to itself, as in plain nnU-Net: when
+    the generators' and the teacher's scaled part overflows, they skip their steps, and the student takes the step it
+    takes without any scaling, exactly (a power-of-two scale)."""
+    from torch.amp import GradScaler
+    trainer, batch = started_trainer
+    ckpt = tmp_path / "state.pth"
+    trainer.save_checkpoint(str(ckpt))
+    teacher_before = {k: v.clone() for k, v in trainer.teacher.state_dict().items()}
+    student_before = {k: v.clone() for k, v in trainer.network.state_dict().items()}
+    _, student_unscaled = step_from(trainer, ckpt, batch, lambda_hint=1.0)
+
+    trainer.load_checkpoint(str(ckpt))
+    trainer.grad_scaler = GradScaler("cpu", init_scale=2.0 ** 10)
+    trainer.grad_scaler_translation = GradScaler("cpu", init_scale=float("inf"))  # every scaled gradient overflows
+    trainer._nonfinite_skips = {}
+    trainer.train_step(batch)
+    assert set(trainer._nonfinite_skips) == {"generators", "teacher"}
+    assert weights_equal(teacher_before, trainer.teacher.state_dict())
+    assert weights_equal(student_unscaled, trainer.network.state_dict())
+    assert not weights_equal(student_before, student_unscaled)  # the step moved it
+    assert trainer.grad_scaler.get_scale() == 2.0 ** 10
+
+
 @pytest.mark.parametrize("started_trainer", ["nnUNetTrainerCMEDL_hintBothWays"], indirect=True)
 def test_hint_both_ways_variant_moves_the_teacher_too(started_trainer, tmp_path):
     trainer, batch = started_trainer

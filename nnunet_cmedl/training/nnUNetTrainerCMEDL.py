@@ -136,8 +136,10 @@ class nnUNetTrainerCMEDL(ExperimentMixin, nnUNetTrainer):
         self.optimizer_teacher = self.lr_scheduler_teacher = None
         self.optimizer_generators = self.lr_scheduler_generators = None
         self.optimizer_discriminators = self.lr_scheduler_discriminators = None
-        # generators, teacher and student share nnU-Net's self.grad_scaler (one backward); the discriminators have
+        # AMP loss scalers (CUDA): the student keeps nnU-Net's self.grad_scaler, the generators and the teacher share
+        # one (both also the student's when the hint is not detached: train_step); the discriminators have
         # their own
+        self.grad_scaler_translation = GradScaler("cuda") if self.device.type == 'cuda' else None
         self.grad_scaler_discriminators = GradScaler("cuda") if self.device.type == 'cuda' else None
         self.dataloader_mri = None
         self._nonfinite_skips, self._nonfinite_streak = {}, {}  # per network: this epoch's skips, the current run
@@ -249,11 +251,21 @@ class nnUNetTrainerCMEDL(ExperimentMixin, nnUNetTrainer):
             loss_hint = hint_loss(student_features, teacher_features, detach_teacher=self.hint_detach_teacher,
                                   normalisation=self.hint_normalisation)
             weight_hint = self.hint_weight(self.current_epoch)
-            loss = i2i.loss + loss_teacher + loss_student + weight_hint * loss_hint
-        self._optimize(loss, self.grad_scaler, {
+            loss_translation = i2i.loss + loss_teacher           # trains the generators and the teacher
+            loss_distilled_student = loss_student + weight_hint * loss_hint
+        # CMEDL's loss sum, loss_translation + loss_distilled_student, in one backward. With the teacher's features
+        # detached in the hint (the default) the two parts train disjoint networks, and on CUDA the student's part is
+        # scaled by nnU-Net's AMP grad scaler alone, as in plain nnU-Net
+        translation = {
             'generators': (self.optimizer_generators, self.i2i.generator_parameters(), [i2i.loss, loss_teacher]),
-            'teacher': (self.optimizer_teacher, self.teacher.parameters(), [loss_teacher]),
-            'student': (self.optimizer, self.network.parameters(), [loss_student] + ([loss_hint] if weight_hint else []))})
+            'teacher': (self.optimizer_teacher, self.teacher.parameters(), [loss_teacher])}
+        student_terms = [loss_student] + ([loss_hint] if weight_hint else [])
+        student = {'student': (self.optimizer, self.network.parameters(), student_terms)}
+        if self.hint_detach_teacher:
+            self._optimize((loss_translation, self.grad_scaler_translation, translation),
+                           (loss_distilled_student, self.grad_scaler, student))
+        else:  # the hint trains the teacher (and the generators) too: one loss, one scaler
+            self._optimize((loss_translation + loss_distilled_student, self.grad_scaler, {**translation, **student}))
 
         # 5. discriminators: real vs. fake (CycleGAN: pooled fakes)
         loss_discriminators = self.discriminator_step(ct, mri, i2i)
@@ -267,8 +279,8 @@ class nnUNetTrainerCMEDL(ExperimentMixin, nnUNetTrainer):
         """The discriminators' update: real vs. fake (CycleGAN: pooled fakes), with their own grad scaler."""
         with self._autocast():
             loss = self.i2i_discriminator_loss(ct, mri, i2i.fakes)
-        self._optimize(loss, self.grad_scaler_discriminators, {
-            'discriminators': (self.optimizer_discriminators, self.i2i.discriminator_parameters(), [loss])})
+        self._optimize((loss, self.grad_scaler_discriminators, {
+            'discriminators': (self.optimizer_discriminators, self.i2i.discriminator_parameters(), [loss])}))
         return loss
 
     def _keep_snapshot(self, ct, pseudo_mri, mri, target) -> None:
@@ -281,33 +293,32 @@ class nnUNetTrainerCMEDL(ExperimentMixin, nnUNetTrainer):
         stacked = torch.stack([v.detach().float() for v in values.values()]).cpu().numpy()  # one device sync
         return dict(zip(values, stacked))
 
-    def _optimize(self, loss, grad_scaler, networks: dict) -> None:
-        """Backward, nnU-Net's gradient clipping per network, step; with AMP's grad scaler on CUDA (one scaler may
-        serve several optimizers). ``networks``: name -> (optimizer, parameters, the loss terms that train it). A
-        network whose loss terms or gradient are not finite skips its step, the others go on (one device sync for
-        all of them); see ``max_consecutive_nonfinite``."""
-        for optimizer, _, _ in networks.values():
+    def _optimize(self, *groups) -> None:
+        """One backward of the groups' losses summed, nnU-Net's gradient clipping per network, the steps. A group is
+        ``(loss, grad_scaler, networks)``: on CUDA its loss is scaled by its own AMP grad scaler (None: no scaling; one
+        scaler may serve several optimizers); ``networks``: name -> (optimizer, parameters, the loss terms that train
+        it). A network gets gradients from its own group's loss only. A network whose loss terms or gradient are not
+        finite skips its step, the others go on (one device sync for all of them); see ``max_consecutive_nonfinite``."""
+        networks = [(name, network, scaler) for _, scaler, nets in groups for name, network in nets.items()]
+        for _, (optimizer, _, _), _ in networks:
             optimizer.zero_grad(set_to_none=True)
-        if grad_scaler is None:
-            loss.backward()
-        else:
-            grad_scaler.scale(loss).backward()
-            for optimizer, _, _ in networks.values():
-                grad_scaler.unscale_(optimizer)
+        sum(loss if scaler is None else scaler.scale(loss) for loss, scaler, _ in groups).backward()
+        for _, (optimizer, _, _), scaler in networks:
+            if scaler is not None:
+                scaler.unscale_(optimizer)
         checks = []
-        for _, parameters, terms in networks.values():
+        for _, (_, parameters, terms), _ in networks:
             norm = torch.nn.utils.clip_grad_norm_(list(parameters), self.grad_clip_norm)
             checks.append(torch.stack([norm.to(self.device)] + [t.detach().float() for t in terms]).sum())
         finite = torch.isfinite(torch.stack(checks))
         if self.is_ddp:  # every rank takes the same decision, or the ranks' weights part (and DDP may wait forever)
             finite = all_ranks_agree(finite)
-        finite = finite.tolist()
-        for (name, (optimizer, _, _)), ok in zip(networks.items(), finite):
+        for (name, (optimizer, _, _), scaler), ok in zip(networks, finite.tolist()):
             if ok:
-                optimizer.step() if grad_scaler is None else grad_scaler.step(optimizer)
+                optimizer.step() if scaler is None else scaler.step(optimizer)
             self._count_nonfinite(name, ok)
-        if grad_scaler is not None:
-            grad_scaler.update()
+        for scaler in {id(s): s for _, s, _ in groups if s is not None}.values():
+            scaler.update()
 
     def _count_nonfinite(self, network: str, finite: bool) -> None:
         streak = self._nonfinite_streak
@@ -585,4 +596,4 @@ class nnUNetTrainerCMEDL(ExperimentMixin, nnUNetTrainer):
                 'discriminators': self.lr_scheduler_discriminators}
 
     def _cmedl_grad_scalers(self) -> dict:
-        return {'discriminators': self.grad_scaler_discriminators}
+        return {'translation': self.grad_scaler_translation, 'discriminators': self.grad_scaler_discriminators}

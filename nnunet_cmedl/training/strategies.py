@@ -121,9 +121,9 @@ class nnUNetTrainerPseudoMRI(nnUNetTrainerCMEDL):
             output = segment(ct, scale_gradient(i2i.pseudo_mri, self.lambda_teacher_seg_on_generator))
             loss_seg = self.loss(output, target)
             loss = i2i.loss + loss_seg
-        self._optimize(loss, self.grad_scaler, {
+        self._optimize((loss, self.grad_scaler, {
             'generators': (self.optimizer_generators, self.i2i.generator_parameters(), [i2i.loss, loss_seg]),
-            'segmenter': (self.optimizer, network.segmenter.parameters(), [loss_seg])})
+            'segmenter': (self.optimizer, network.segmenter.parameters(), [loss_seg])}))
         loss_discriminators = self.discriminator_step(ct, mri, i2i)
         self._keep_snapshot(ct, i2i.pseudo_mri, mri, target)
         return self._logged({'loss': loss_seg, **{'G_' + k: v for k, v in i2i.terms.items()},

@@ -46,9 +46,9 @@ class nnUNetTrainerCMEDL_killAt(nnUNetTrainerCMEDL_tinyCPU):
         super().on_train_epoch_start()
         self._iterations = 0
 
-    def _optimize(self, loss, grad_scaler, networks):
-        super()._optimize(loss, grad_scaler, networks)
-        if 'discriminators' not in networks:
+    def _optimize(self, *groups):
+        super()._optimize(*groups)
+        if not any('discriminators' in networks for _, _, networks in groups):
             self._iterations += 1
             if self._iterations == 2 and self._due("iteration"):
                 _kill()
