@@ -326,26 +326,3 @@ def test_hint_both_ways_variant_moves_the_teacher_too(started_trainer, tmp_path)
     assert not weights_equal(teacher_0, teacher_1)
     assert not weights_equal(student_0, student_1)
 
-
-# ---------------------------------------------------------------- ResEnc plans
-def test_resenc_plans_train_and_predict(planned_dataset, tmp_path):
-    """nnU-Net's ResEnc planner: the student and teacher are ResidualEncoderUNets, hooks and checkpoints still work."""
-    env, did = dict(planned_dataset["env"], nnUNet_n_proc_DA="1"), planned_dataset["dataset_id"]
-    plans = "nnUNetResEncUNetMPlans"
-    run([BIN / "nnUNetv2_plan_experiment", "-d", did, "-pl", "nnUNetPlannerResEncM"], env)
-    run([BIN / "nnUNetv2_preprocess", "-d", did, "-plans_name", plans, "-c", "2d", "-np", "1"], env)
-    env["nnUNet_n_proc_DA"] = "0"
-    run(cli("add-small-config", "-d", did, "-p", plans, "--parent", "2d", "--name", SMALL_2D,
-            "--patch-size", "32", "32", "--batch-size", "2", "--max-features", "16"), env)
-    run(cli("preprocess-mri", "-d", did, "-p", plans, "-c", SMALL_2D, "-i",
-            planned_dataset["raw_folder"] / "unpairedMRI", "-np", "1"), env)
-    run([BIN / "nnUNetv2_train", did, SMALL_2D, "0", "-tr", TINY, "-p", plans, "-device", "cpu"], env)
-    folder = Path(env["nnUNet_results"]) / planned_dataset["dataset_name"] / f"{TINY}__{plans}__{SMALL_2D}"
-    ckpt = torch.load(folder / "fold_0" / "checkpoint_final.pth", map_location="cpu", weights_only=False)
-    assert any("encoder.stages.0.blocks" in k for k in ckpt["network_weights"])  # residual encoder blocks
-    assert any("encoder.stages.0.blocks" in k for k in ckpt["cmedl_teacher_weights"])
-    out = tmp_path / "pred"
-    run([BIN / "nnUNetv2_predict", "-i", planned_dataset["raw_folder"] / "imagesTs", "-o", out, "-d", did,
-         "-c", SMALL_2D, "-p", plans, "-f", "0", "-tr", TINY, "--disable_tta", "-device", "cpu", "-npp", "1",
-         "-nps", "1"], env)
-    assert len(list(out.glob("*.nii.gz"))) == 2
