@@ -121,6 +121,38 @@ def test_channel_normalised_hint_ignores_scale_and_offset_but_not_pattern():
         hint_loss(teacher, teacher, normalisation="layer")
 
 
+def test_masked_hint_counts_only_the_voxels_the_teacher_segments_correctly():
+    from nnunet_cmedl.distillation.hint import hint_loss, teacher_correct_mask
+    torch.manual_seed(0)
+    target = torch.zeros(2, 1, 16, 16)
+    target[:, :, 4:8, 4:8] = 1                                   # a tumour
+    logits = torch.zeros(2, 2, 16, 16)
+    logits[:, 0] = 5                                             # the teacher sees background everywhere
+    mask = teacher_correct_mask([logits, logits[:, :, ::2, ::2]], [target, target[:, :, ::2, ::2]])
+    assert mask.shape == (2, 1, 16, 16)
+    assert mask[:, :, 4:8, 4:8].sum() == 0 and mask.sum() == 2 * (256 - 16)  # wrong on the tumour only
+    teacher = [torch.randn(2, 4, 8, 8), torch.randn(2, 3, 16, 16)]  # a half- and a full-resolution stage
+    student = [t + torch.randn_like(t) for t in teacher]
+    # every voxel correct: the plain mean squared difference
+    torch.testing.assert_close(hint_loss(student, teacher, mask=torch.ones_like(mask)), hint_loss(student, teacher))
+    # where the teacher is wrong, the student's features neither count nor get a gradient
+    moved = [s.clone() for s in student]
+    moved[0][:, :, 2:4, 2:4] += 100
+    moved[1][:, :, 4:8, 4:8] += 100
+    torch.testing.assert_close(hint_loss(moved, teacher, mask=mask), hint_loss(student, teacher, mask=mask))
+    assert hint_loss(moved, teacher) > 100 * hint_loss(student, teacher)  # unmasked, they count
+    leaf = [s.clone().requires_grad_() for s in student]
+    hint_loss(leaf, teacher, mask=mask).backward()
+    assert leaf[1].grad[:, :, 4:8, 4:8].abs().sum() == 0 and leaf[1].grad.abs().sum() > 0
+    assert leaf[0].grad[:, :, 2:4, 2:4].abs().sum() == 0 and leaf[0].grad.abs().sum() > 0
+    # nnU-Net regions (sigmoid per region): correct where every region agrees
+    regions = torch.cat([target, torch.zeros_like(target)], 1)
+    region_logits = torch.full((2, 2, 16, 16), -5.0)
+    region_logits[:, 0, 4:6] = 5                                 # region 0 right on rows 4-5, wrong on 6-7
+    m = teacher_correct_mask(region_logits, regions, has_regions=True)
+    assert m[:, :, 4:6, 4:8].all() and not m[:, :, 6:8, 4:8].any() and not m[:, :, 4:6, :4].any()
+
+
 def test_hint_warm_up_ramps_and_the_gate_waits_for_the_teacher(planned_dataset, monkeypatch):
     from nnunet_cmedl.training import nnUNetTrainerCMEDL_hintWarmup, nnUNetTrainerCMEDL_teacherAhead
     t = make_trainer(planned_dataset, nnUNetTrainerCMEDL_hintWarmup, SMALL_2D, monkeypatch)

@@ -290,6 +290,29 @@ def test_hint_moves_the_student_not_the_teacher(started_trainer, tmp_path):
 
 
 @pytest.mark.parametrize("started_trainer", [TINY], indirect=True)
+def test_a_masked_hint_does_not_pull_the_student_toward_a_teacher_that_is_wrong(started_trainer, tmp_path):
+    """hint_mask 'teacher_correct' (nnUNetTrainerCMEDL_teacherAheadMasked): a teacher that segments tumour everywhere
+    on a batch without tumour is wrong on every voxel, so the hint moves the student nowhere; unmasked, it does."""
+    trainer, batch = started_trainer
+    batch = dict(batch, target=[torch.zeros_like(t) for t in batch["target"]])  # background only
+    for layer in trainer.teacher.decoder.seg_layers:  # the teacher says "tumour" everywhere
+        torch.nn.init.zeros_(layer.weight)
+        layer.bias.data = torch.tensor([-10.0, 10.0])
+    ckpt = tmp_path / "state.pth"
+    trainer.save_checkpoint(str(ckpt))
+    _, without_hint = step_from(trainer, ckpt, batch, lambda_hint=0.0)
+    trainer.hint_mask = "teacher_correct"
+    _, masked = step_from(trainer, ckpt, batch, lambda_hint=10.0)
+    trainer.hint_mask = "none"
+    _, unmasked = step_from(trainer, ckpt, batch, lambda_hint=10.0)
+    assert weights_equal(without_hint, masked)
+    assert not weights_equal(without_hint, unmasked)
+    trainer.hint_mask = "everywhere"
+    with pytest.raises(ValueError, match="hint_mask"):
+        trainer.train_step(batch)
+
+
+@pytest.mark.parametrize("started_trainer", [TINY], indirect=True)
 def test_amp_the_student_keeps_a_loss_scaler_of_its_own(started_trainer, tmp_path):
     """On CUDA every loss is scaled by an AMP grad scaler (here CPU scalers run the same code). The student's part of
     CMEDL's loss sum (its segmentation loss and the hint) has nnU-Net's scaler to itself, as in plain nnU-Net: when

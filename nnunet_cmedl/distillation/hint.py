@@ -4,7 +4,7 @@ The student's features on CT are pulled toward the teacher's features on the mat
 decoder stages (the highest-resolution ones, just before the segmentation head). The tap leaves the networks and
 their state dicts exactly as nnU-Net builds them, so stock inference loads the student unchanged.
 """
-from typing import List, Sequence
+from typing import List, Optional, Sequence
 
 import torch
 from torch import nn
@@ -110,20 +110,46 @@ def _normalised(features: torch.Tensor, normalisation: str) -> torch.Tensor:
     return features
 
 
+HINT_MASKS = ("none", "teacher_correct")
+
+
+def teacher_correct_mask(output, target, has_regions: bool = False) -> torch.Tensor:
+    """1 where the teacher's segmentation (of the highest-resolution output) equals the label, else 0: ``(B, 1, ...)``.
+
+    Labels: the argmax class equals the target (nnU-Net's ignore label never does). Regions: every region's
+    sigmoid > 0.5 agrees with the target. The mask carries no gradient."""
+    output = output[0] if isinstance(output, (list, tuple)) else output
+    target = target[0] if isinstance(target, (list, tuple)) else target
+    with torch.no_grad():
+        if has_regions:
+            correct = ((output > 0) == (target > 0.5)).all(1, keepdim=True)
+        else:
+            correct = output.argmax(1, keepdim=True) == target.long()
+    return correct.float()
+
+
 def hint_loss(student_features: Sequence[torch.Tensor], teacher_features: Sequence[torch.Tensor],
-              detach_teacher: bool = True, normalisation: str = "none") -> torch.Tensor:
+              detach_teacher: bool = True, normalisation: str = "none",
+              mask: Optional[torch.Tensor] = None) -> torch.Tensor:
     """Mean over layers of the mean squared difference (L2 hint, Romero et al.'s FitNets; CMEDL's L_hint).
 
     With ``detach_teacher`` the hint moves only the student (the informative MRI teacher teaches; CMEDL's default).
     ``normalisation='channel'`` standardises each feature map per sample and channel before the difference, so
-    that every stage and channel counts alike whatever its magnitude (CMEDL: 'none').
+    that every stage and channel counts alike whatever its magnitude (CMEDL: 'none'). ``mask`` ``(B, 1, ...)`` at the
+    input's resolution (e.g. ``teacher_correct_mask``) restricts the mean to the voxels where it is 1, resized to
+    each layer by nearest neighbour (CMEDL: none, every voxel).
     """
     if normalisation not in HINT_NORMALISATIONS:
         raise ValueError(f"hint normalisation {normalisation!r}: expected one of {', '.join(HINT_NORMALISATIONS)}")
     if len(student_features) != len(teacher_features) or not student_features:
         raise RuntimeError(f"hint loss needs matching feature lists, got {len(student_features)} student and "
                            f"{len(teacher_features)} teacher tensors")
-    terms = [nn.functional.mse_loss(_normalised(s, normalisation),
-                                    _normalised(t.detach() if detach_teacher else t, normalisation))
-             for s, t in zip(student_features, teacher_features)]
+    terms = []
+    for s, t in zip(student_features, teacher_features):
+        s, t = _normalised(s, normalisation), _normalised(t.detach() if detach_teacher else t, normalisation)
+        if mask is None:
+            terms.append(nn.functional.mse_loss(s, t))
+        else:
+            m = nn.functional.interpolate(mask.float(), size=s.shape[2:], mode="nearest")
+            terms.append(((s - t) ** 2 * m).sum() / (m.sum() * s.shape[1]).clamp(min=1))
     return torch.stack(terms).mean()

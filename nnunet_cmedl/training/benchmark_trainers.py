@@ -22,6 +22,7 @@ METHODS = {
     "CMEDL_FastCUT": variants.nnUNetTrainerCMEDL_FastCUT,
     "CMEDL_hintWarmup": variants.nnUNetTrainerCMEDL_hintWarmup,
     "CMEDL_teacherAhead": variants.nnUNetTrainerCMEDL_teacherAhead,
+    "CMEDL_teacherAheadMasked": variants.nnUNetTrainerCMEDL_teacherAheadMasked,
     "CMEDL_tseg5": variants.nnUNetTrainerCMEDL_tseg5,
     "CMEDL_hintNorm": variants.nnUNetTrainerCMEDL_hintNorm,
     "CMEDL_identity": variants.nnUNetTrainerCMEDL_identity,

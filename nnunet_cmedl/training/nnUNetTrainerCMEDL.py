@@ -34,7 +34,7 @@ from nnunetv2.utilities.helpers import dummy_context
 
 from mri_unpaired.loader import find_unpaired_folder, get_unpaired_dataloader
 from nnunet_cmedl.checkpoint_io import load_checkpoint
-from nnunet_cmedl.distillation.hint import DecoderFeatureTap, hint_loss, unwrap
+from nnunet_cmedl.distillation.hint import HINT_MASKS, DecoderFeatureTap, hint_loss, teacher_correct_mask, unwrap
 from nnunet_cmedl.distillation.teacher import SegmenterOnTranslated, scale_gradient
 from nnunet_cmedl.i2i import I2I_METHODS, build_i2i
 from nnunet_cmedl.i2i.cascade import previous_stage_channels
@@ -102,6 +102,10 @@ class nnUNetTrainerCMEDL(ExperimentMixin, nnUNetTrainer):
         # 'none': MSE of the raw features (CMEDL); 'channel': each feature map standardised per sample and channel
         # over space first (instance norm without affine), so the hint matches patterns, not magnitudes
         self.hint_normalisation = 'none'
+        # 'none': every voxel (CMEDL); 'teacher_correct': only where the teacher's segmentation of the pMRI equals the
+        # label, so that a teacher that misses a tumour (e.g. one the generator has not yet learned to render) does
+        # not pull the student's features there (issue 8, docs/BENCHMARK.md "Update, stop 19")
+        self.hint_mask = 'none'
         self.teacher_initial_lr = None           # None: nnU-Net's initial_lr, like the student (CMEDL: same optimiser)
         self.gan_initial_lr = 2e-4               # CycleGAN/CUT: Adam, lr 2e-4, betas (0.5, 0.999)
         self.gan_betas = (0.5, 0.999)
@@ -249,7 +253,7 @@ class nnUNetTrainerCMEDL(ExperimentMixin, nnUNetTrainer):
             loss_teacher = self.loss(output_teacher, target)
             loss_student = self.loss(output_student, target)
             loss_hint = hint_loss(student_features, teacher_features, detach_teacher=self.hint_detach_teacher,
-                                  normalisation=self.hint_normalisation)
+                                  normalisation=self.hint_normalisation, mask=self.hint_voxels(output_teacher, target))
             weight_hint = self.hint_weight(self.current_epoch)
             loss_translation = i2i.loss + loss_teacher           # trains the generators and the teacher
             loss_distilled_student = loss_student + weight_hint * loss_hint
@@ -274,6 +278,14 @@ class nnUNetTrainerCMEDL(ExperimentMixin, nnUNetTrainer):
         return self._logged({'loss': loss_student, **{'G_' + k: v for k, v in i2i.terms.items()},
                              'D': loss_discriminators, 'teacher_seg': loss_teacher, 'student_seg': loss_student,
                              'hint': loss_hint})
+
+    def hint_voxels(self, output_teacher, target):
+        """Where the hint applies (see hint_mask): None for every voxel."""
+        if self.hint_mask == 'none':
+            return None
+        if self.hint_mask == 'teacher_correct':
+            return teacher_correct_mask(output_teacher, target, self.label_manager.has_regions)
+        raise ValueError(f"hint_mask {self.hint_mask!r}: expected one of {', '.join(HINT_MASKS)}")
 
     def discriminator_step(self, ct, mri, i2i) -> torch.Tensor:
         """The discriminators' update: real vs. fake (CycleGAN: pooled fakes), with their own grad scaler."""

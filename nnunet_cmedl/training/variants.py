@@ -272,3 +272,13 @@ class nnUNetTrainerCMEDL_hintNorm(nnUNetTrainerCMEDL):
                  device: torch.device = torch.device('cuda')):
         super().__init__(plans, configuration, fold, dataset_json, device)
         self.hint_normalisation = 'channel'
+
+
+class nnUNetTrainerCMEDL_teacherAheadMasked(nnUNetTrainerCMEDL_teacherAhead):
+    """teacherAhead, and the hint only on the voxels the teacher segments correctly (issue 8, stop 19: at the CPU
+    budget the teacher on pMRI misses most easy tumours, and the hint toward it cost the student the easy ones)."""
+
+    def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
+                 device: torch.device = torch.device('cuda')):
+        super().__init__(plans, configuration, fold, dataset_json, device)
+        self.hint_mask = 'teacher_correct'
