@@ -55,9 +55,11 @@ def test_with_the_hint_off_the_cmedl_student_is_plain_nnunet_bit_for_bit(planned
     seed measures what the hint does, and nothing else."""
     from nnunet_cmedl.training import benchmark_trainers
 
-    def student_after_training(method):
+    def student_after_training(method, **attributes):
         cls = getattr(benchmark_trainers, benchmark_trainers.trainer_name(method, "benchCPU", 2))
         t = tiny(make_trainer(planned_dataset, cls, SMALL_2D, monkeypatch), epochs=2, iterations=3, seed=2)
+        for name, value in attributes.items():
+            setattr(t, name, value)
         t.initialize()
         initial = {k: v.clone() for k, v in t.network.state_dict().items()}
         t.run_training()
@@ -73,6 +75,13 @@ def test_with_the_hint_off_the_cmedl_student_is_plain_nnunet_bit_for_bit(planned
         assert np.all(np.asarray(log["cmedl_hint"]) > 0)  # computed, weighted 0 (teacherAhead: gate closed)
     _, hinted, _ = student_after_training("CMEDL")
     assert [k for k in plain if not torch.equal(plain[k], hinted[k])]
+    # the control: plain nnU-Net reseeded at an epoch follows the seed's run until then, and parts from it there
+    _, unreached, _ = student_after_training("nnU-Net_reseed20")  # 2 epochs: epoch 20 never comes
+    assert not [k for k in plain if not torch.equal(plain[k], unreached[k])]
+    _, reseeded, log = student_after_training("nnU-Net_reseed20", reseed_at_epoch=1)
+    assert log["train_losses"][0] == plain_log["train_losses"][0]
+    assert log["train_losses"][1] != plain_log["train_losses"][1]
+    assert [k for k in plain if not torch.equal(plain[k], reseeded[k])]
 
 
 def test_resume_mid_run_continues_exactly_like_the_uninterrupted_run(planned_dataset, monkeypatch, tmp_path):

@@ -27,6 +27,8 @@ METHODS = {
     "CMEDL_hintNorm": variants.nnUNetTrainerCMEDL_hintNorm,
     "CMEDL_identity": variants.nnUNetTrainerCMEDL_identity,
     "CMEDL_stridedStem": variants.nnUNetTrainerCMEDL_stridedStem,
+    # a control, not a method: plain nnU-Net knocked off its seed's course at epoch 20 (experiment.py: reseed_at_epoch)
+    "nnU-Net_reseed20": variants.nnUNetTrainer_reseedAt20,
     # the paper's other strategies (strategies.py): no student, the generator + segmenter is what predicts
     "pMRI-only": nnUNetTrainerPseudoMRI,
     "CT+pMRI": nnUNetTrainerCTPseudoMRI,

@@ -114,6 +114,10 @@ def seeded_nnunet_augmenters(seed):
 class ExperimentMixin:
     seed = None                  # int: a repeatable run (see the module docstring)
     curve_checkpoint_every = 0   # epochs between checkpoint_epoch_NNNN.pth (0: none)
+    # A control for matched pairs (issue 8, stop 19): at the start of this epoch the global random streams (batch
+    # sampling and augmentation, with nnUNet_n_proc_DA=0) are reseeded from (seed, rank, epoch), so the run leaves the
+    # seed's plain run there with no change of method: how far two runs drift apart from one perturbation alone
+    reseed_at_epoch = None
 
     def initialize(self):
         if self.seed is not None:
@@ -124,6 +128,15 @@ class ExperimentMixin:
     def get_dataloaders(self):
         with seeded_nnunet_augmenters(rank_seed(self.seed, self.local_rank)):
             return super().get_dataloaders()
+
+    def on_train_epoch_start(self):
+        if self.reseed_at_epoch is not None and self.current_epoch == self.reseed_at_epoch:
+            seed = int(np.random.SeedSequence([0 if self.seed is None else self.seed, self.local_rank,
+                                               self.current_epoch]).generate_state(1)[0])
+            seed_everything(seed)
+            self.print_to_log_file(f"control: global random streams reseeded ({seed}) at the start of epoch "
+                                   f"{self.current_epoch}")
+        super().on_train_epoch_start()
 
     def on_epoch_end(self):
         epoch = self.current_epoch  # nnU-Net's on_epoch_end increments it

@@ -6,6 +6,7 @@ import torch
 
 from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 
+from nnunet_cmedl.training.experiment import ExperimentMixin
 from nnunet_cmedl.training.nnUNetTrainerCMEDL import nnUNetTrainerCMEDL
 from nnunet_cmedl.training.strategies import nnUNetTrainerCTPseudoMRI, nnUNetTrainerPseudoMRI
 
@@ -282,3 +283,9 @@ class nnUNetTrainerCMEDL_teacherAheadMasked(nnUNetTrainerCMEDL_teacherAhead):
                  device: torch.device = torch.device('cuda')):
         super().__init__(plans, configuration, fold, dataset_json, device)
         self.hint_mask = 'teacher_correct'
+
+
+class nnUNetTrainer_reseedAt20(ExperimentMixin, nnUNetTrainer):
+    """Plain nnU-Net whose random streams are reseeded at the start of epoch 20 (of the benchmark's 40): the control
+    for a matched pair, whose runs part where CMEDL's hint gate first opens (epochs 13-22 at the cpu budget)."""
+    reseed_at_epoch = 20
