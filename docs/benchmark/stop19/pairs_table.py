@@ -22,8 +22,7 @@ print(f"{'tumours':<8} {'seed':>4} {'nnU-Net':>8} " + " ".join(f"{'Δ ' + m:>22}
 deltas = {}
 for difficulty in ("hard", "easy", "all"):
     dsc = summary["tumours"][difficulty]["dsc"]
-    runs = {m: dict(zip(dsc[m]["vs_baseline"]["seeds"] if m != "nnU-Net" else [], dsc[m]["per_seed"]))
-            for m in methods}
+    runs = {m: dict(zip(dsc[m]["vs_baseline"]["seeds"], dsc[m]["per_seed"])) for m in methods}
     base_seeds = sorted({r["seed"] for r in summary["runs"] if r["method"] == "nnU-Net"})
     base = dict(zip(base_seeds, dsc["nnU-Net"]["per_seed"]))
     for seed in seeds:
