@@ -115,9 +115,26 @@ def finished(run: Run, data: pipeline.PreparedDataset, steps) -> bool:
                                  BUDGETS[run.budget]["num_epochs"])
 
 
+def with_warm_starts(runs: list, data, steps) -> list:
+    """The runs, each warm-started one preceded by the run it starts from (benchmark_trainers.WARM_STARTS), once."""
+    from nnunet_cmedl.training.benchmark_trainers import WARM_STARTS
+    out = []
+    for run in runs:
+        if run.method in WARM_STARTS:
+            method, seed = WARM_STARTS[run.method]
+            source = Run(method, seed, run.fold, run.budget, data, steps)
+            if all(r.trainer != source.trainer or r.fold != source.fold for r in out):
+                out.append(source)
+        if all(r.trainer != run.trainer or r.fold != run.fold for r in out):
+            out.append(run)
+    return out
+
+
 def train_all(steps, data, runs, device: str) -> dict:
-    """Train every run not finished yet (stock nnUNetv2_train), in order; returns training seconds per run."""
+    """Train every run not finished yet (stock nnUNetv2_train), in order, a warm-started run after the one it starts
+    from; returns training seconds per run."""
     seconds = {}
+    runs = with_warm_starts(runs, data, steps)
     for i, run in enumerate(runs, 1):
         if finished(run, data, steps):
             steps.skip(f"train {run} ({i}/{len(runs)})", f"reusing {run.folder}/checkpoint_final.pth (same trainer "

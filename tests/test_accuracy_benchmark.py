@@ -341,6 +341,12 @@ def test_benchmark_and_demo_reuse_only_a_finished_run_of_the_same_trainer_config
     reference = benchmark.Run(benchmark.REFERENCE, 0, 1, "benchCPU", Data, Steps)
     assert (reference.name, reference.trainer, reference.folder.name) == \
         ("nnU-Net_4xLabels", "nnUNetTrainer_benchCPU_seed0", "fold_1")
+    # a warm-started method trains after its pre-training run (CMEDL_noHint, seed 0), which trains once
+    runs = benchmark.plan_runs(["nnU-Net", "CMEDL_teacherAheadWarm"], [3, 0], [], "benchCPU", Data, Steps)
+    assert [r.trainer for r in benchmark.with_warm_starts(runs, Data, Steps)] == [
+        "nnUNetTrainer_benchCPU_seed3", "nnUNetTrainerCMEDL_noHint_benchCPU_seed0",
+        "nnUNetTrainerCMEDL_teacherAheadWarm_benchCPU_seed3", "nnUNetTrainer_benchCPU_seed0",
+        "nnUNetTrainerCMEDL_teacherAheadWarm_benchCPU_seed0"]
 
 
 def test_demo_and_benchmark_reuse_a_synthetic_dataset_only_with_the_same_settings(tmp_path):

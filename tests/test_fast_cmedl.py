@@ -100,8 +100,9 @@ def test_cut_checkpoint_restores_generator_heads_and_their_optimiser(planned_dat
                and "exp_avg" in state_a[i]) == len(heads)  # Adam moments of the heads are saved and restored
     # a CycleGAN trainer refuses a CUT checkpoint with a clear message
     from nnunet_cmedl.training import nnUNetTrainerCMEDL_tinyCPU
+    from nnunet_cmedl.training.nnUNetTrainerCMEDL import TrainingStopped
     c = make_trainer(planned_dataset, nnUNetTrainerCMEDL_tinyCPU, SMALL_2D, monkeypatch)
-    with pytest.raises(RuntimeError, match="I2I method is cut"):
+    with pytest.raises(TrainingStopped, match="checkpoint_final.pth: its I2I method is cut, this trainer's is cyclegan"):
         c.load_checkpoint(str(Path(a.output_folder) / "checkpoint_final.pth"))
 
 

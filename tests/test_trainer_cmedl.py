@@ -216,6 +216,61 @@ def test_load_checkpoint_restores_every_part_exactly(planned_dataset, monkeypatc
     assert all(torch.equal(ta[k], v) for k, v in all_tensors(c).items())
 
 
+def test_warm_start_takes_the_i2i_networks_and_the_teacher_not_the_student(planned_dataset, monkeypatch, tmp_path):
+    """warm_start (nnUNetTrainerCMEDL_teacherAheadWarm): generators, discriminators and teacher come from another CMEDL
+    run's checkpoint; the student starts where a plain run of its seed starts, and every optimiser starts fresh."""
+    from nnunet_cmedl.training import nnUNetTrainerCMEDL_tinyCPU, nnUNetTrainerCMEDL_teacherAheadWarm
+    from nnunet_cmedl.training.nnUNetTrainerCMEDL import TrainingStopped
+    source = make_trainer(planned_dataset, nnUNetTrainerCMEDL_tinyCPU, SMALL_2D, monkeypatch)
+    source.seed = 1
+    source.on_train_start()
+    source.on_train_epoch_start()
+    source.train_step(next(source.dataloader_train))  # optimiser states that a warm start must not take
+    pre = tmp_path / "pre.pth"
+    source.save_checkpoint(str(pre))
+    source.on_train_end()
+
+    def fresh(warm_start=None, seed=2):
+        trainer = make_trainer(planned_dataset, nnUNetTrainerCMEDL_tinyCPU, SMALL_2D, monkeypatch)
+        trainer.seed, trainer.warm_start = seed, warm_start
+        return trainer
+    plain = fresh()
+    plain.initialize()
+    warm = fresh(str(pre))
+    warm.on_train_start()
+    try:
+        for part in ("teacher", "i2i"):
+            assert weights_equal(getattr(source, part).state_dict(), getattr(warm, part).state_dict()), part
+            assert not weights_equal(getattr(plain, part).state_dict(), getattr(warm, part).state_dict()), part
+        assert weights_equal(plain.network.state_dict(), warm.network.state_dict())
+        assert not weights_equal(source.network.state_dict(), warm.network.state_dict())
+        assert all(not o.state_dict()["state"] for o in (warm.optimizer, *warm._cmedl_optimizers().values()))
+        assert len(warm.i2i.pool_pseudo_mri.images) == len(source.i2i.pool_pseudo_mri.images) > 0
+        assert warm.current_epoch == 0
+    finally:
+        warm.on_train_end()
+    # a trainer name: that trainer's final checkpoint of the same dataset, plans, configuration and fold
+    named = make_trainer(planned_dataset, nnUNetTrainerCMEDL_teacherAheadWarm, SMALL_2D, monkeypatch)
+    assert Path(named.warm_start_checkpoint()) == Path(named.output_folder_base).parent / \
+        f"nnUNetTrainerCMEDL_noHint__nnUNetPlans__{SMALL_2D}" / "fold_0" / "checkpoint_final.pth"
+    from nnunet_cmedl.training.benchmark_trainers import nnUNetTrainerCMEDL_teacherAheadWarm_benchCPU_seed3 as Bench
+    assert make_trainer(planned_dataset, Bench, SMALL_2D, monkeypatch).warm_start == \
+        "nnUNetTrainerCMEDL_noHint_benchCPU_seed0"  # the benchmark's pre-training run of the same budget
+    # the stock CLI: the environment variable
+    monkeypatch.setenv("nnUNet_cmedl_warm_start", str(pre))
+    assert make_trainer(planned_dataset, nnUNetTrainerCMEDL_tinyCPU, SMALL_2D, monkeypatch).warm_start == str(pre)
+    monkeypatch.delenv("nnUNet_cmedl_warm_start")
+    # what cannot be warm-started from stops with one line that names the file
+    plain_ckpt = tmp_path / "plain.pth"
+    torch.save({"network_weights": plain.network.state_dict(), "trainer_name": "nnUNetTrainer"}, plain_ckpt)
+    for path, message in ((tmp_path / "missing.pth", "no such checkpoint"),
+                          (plain_ckpt, "not a CMEDL checkpoint .* nnUNetTrainer")):
+        trainer = fresh(str(path))
+        trainer.initialize()
+        with pytest.raises(TrainingStopped, match=f"{path}: {message}"):
+            trainer.load_warm_start()
+
+
 @pytest.fixture
 def started_trainer(planned_dataset, monkeypatch, request):
     from nnunet_cmedl import training

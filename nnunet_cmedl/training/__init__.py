@@ -12,7 +12,7 @@ from nnunet_cmedl.training.variants import (nnUNetTrainer_cpuBudget, nnUNetTrain
                                             nnUNetTrainerCMEDL_noHint, nnUNetTrainerCMEDL_noHint_100epochs,
                                             nnUNetTrainerCMEDL_noHint_cpuBudget, nnUNetTrainerCMEDL_tinyCPU,
                                             nnUNetTrainerCMEDL_hintWarmup, nnUNetTrainerCMEDL_teacherAhead,
-                                            nnUNetTrainerCMEDL_teacherAheadMasked,
+                                            nnUNetTrainerCMEDL_teacherAheadMasked, nnUNetTrainerCMEDL_teacherAheadWarm,
                                             nnUNetTrainerCMEDL_tseg5, nnUNetTrainerCMEDL_hintNorm,
                                             nnUNetTrainerPseudoMRI_tinyCPU, nnUNetTrainerCTPseudoMRI_tinyCPU)
 from nnunet_cmedl.training.strategies import nnUNetTrainerCTPseudoMRI, nnUNetTrainerPseudoMRI
@@ -26,7 +26,8 @@ __all__ = ["nnUNetTrainerCMEDL", "nnUNetTrainerCMEDL_5epochs", "nnUNetTrainerCME
            "nnUNetTrainerCMEDL_identity_cpuBudget", "nnUNetTrainerCMEDL_stridedStem_cpuBudget", "nnUNetTrainerCMEDL_noHint", "nnUNetTrainerCMEDL_noHint_100epochs",
            "nnUNetTrainerCMEDL_noHint_cpuBudget", "nnUNetTrainerCMEDL_tinyCPU", "nnUNetTrainerCMEDL_cpuBudget",
            "nnUNetTrainer_tinyCPU", "nnUNetTrainer_cpuBudget", "nnUNetTrainerCMEDL_hintWarmup",
-           "nnUNetTrainerCMEDL_teacherAhead", "nnUNetTrainerCMEDL_teacherAheadMasked", "nnUNetTrainerCMEDL_tseg5", "nnUNetTrainerCMEDL_hintNorm",
+           "nnUNetTrainerCMEDL_teacherAhead", "nnUNetTrainerCMEDL_teacherAheadMasked",
+           "nnUNetTrainerCMEDL_teacherAheadWarm", "nnUNetTrainerCMEDL_tseg5", "nnUNetTrainerCMEDL_hintNorm",
            "nnUNetTrainerPseudoMRI", "nnUNetTrainerCTPseudoMRI", "nnUNetTrainerPseudoMRI_tinyCPU",
            "nnUNetTrainerCTPseudoMRI_tinyCPU",
            *benchmark_trainers.__all__]

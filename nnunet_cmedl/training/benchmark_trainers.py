@@ -23,6 +23,7 @@ METHODS = {
     "CMEDL_hintWarmup": variants.nnUNetTrainerCMEDL_hintWarmup,
     "CMEDL_teacherAhead": variants.nnUNetTrainerCMEDL_teacherAhead,
     "CMEDL_teacherAheadMasked": variants.nnUNetTrainerCMEDL_teacherAheadMasked,
+    "CMEDL_teacherAheadWarm": variants.nnUNetTrainerCMEDL_teacherAheadWarm,
     "CMEDL_tseg5": variants.nnUNetTrainerCMEDL_tseg5,
     "CMEDL_hintNorm": variants.nnUNetTrainerCMEDL_hintNorm,
     "CMEDL_identity": variants.nnUNetTrainerCMEDL_identity,
@@ -57,6 +58,9 @@ BUDGETS = {
                      curve_checkpoint_every=10, cmedl={}),
 }
 SEEDS = range(10)
+# method -> the method whose run at the same budget, seed 0, it warm-starts from (``warm_start``): one pre-training
+# shared by every seed (nnunet_cmedl benchmark trains it first)
+WARM_STARTS = {"CMEDL_teacherAheadWarm": ("CMEDL_noHint", 0)}
 
 
 def trainer_name(method: str, budget: str, seed: int) -> str:
@@ -75,6 +79,8 @@ def _make(method: str, budget: str, seed: int) -> type:
         for k, v in {**settings, **(cmedl_settings if isinstance(self, nnUNetTrainerCMEDL) else {})}.items():
             setattr(self, k, v)
         self.seed = seed
+        if method in WARM_STARTS:
+            self.warm_start = trainer_name(WARM_STARTS[method][0], budget, WARM_STARTS[method][1])
 
     name = trainer_name(method, budget, seed)
     bases = (base,) if issubclass(base, ExperimentMixin) else (ExperimentMixin, base)

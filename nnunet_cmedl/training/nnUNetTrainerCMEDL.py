@@ -17,7 +17,8 @@ preprocessed by ``nnunet_cmedl preprocess-unpaired --modality CT``; read ``ct`` 
 ``pseudo_mri`` as the unpaired / translated one. Logs and figures name the modalities of the run.
 """
 import functools
-from os.path import join
+import os
+from os.path import dirname, isfile, join
 from typing import List
 
 import numpy as np
@@ -106,6 +107,13 @@ class nnUNetTrainerCMEDL(ExperimentMixin, nnUNetTrainer):
         # label, so that a teacher that misses a tumour (e.g. one the generator has not yet learned to render) does
         # not pull the student's features there (issue 8, docs/BENCHMARK.md "Update, stop 19")
         self.hint_mask = 'none'
+        # Warm start (issue 8, docs/BENCHMARK.md "Update, stop 20"): the I2I networks (generators, discriminators)
+        # and the teacher start from another CMEDL run's checkpoint, so that the hint pulls the student toward a
+        # teacher that already knows something; the student, every optimiser and every schedule start fresh. A path to
+        # a checkpoint, or the name of a CMEDL trainer whose run of the same dataset, plans, configuration and fold
+        # holds a checkpoint_final.pth (e.g. 'nnUNetTrainerCMEDL_noHint': pre-training). None: everything from scratch
+        # (CMEDL). The stock CLI sets it with the environment variable nnUNet_cmedl_warm_start
+        self.warm_start = os.environ.get('nnUNet_cmedl_warm_start') or None
         self.teacher_initial_lr = None           # None: nnU-Net's initial_lr, like the student (CMEDL: same optimiser)
         self.gan_initial_lr = 2e-4               # CycleGAN/CUT: Adam, lr 2e-4, betas (0.5, 0.999)
         self.gan_betas = (0.5, 0.999)
@@ -369,6 +377,8 @@ class nnUNetTrainerCMEDL(ExperimentMixin, nnUNetTrainer):
         # multi-GPU: one loader per rank, with the rank's batch size (nnU-Net splits the configuration's batch size
         # over the ranks) and, in a seeded run, the rank's seeds: the ranks see different MRI patches
         folder, modality, why = find_unpaired_folder(self, self.unpaired_modality)
+        if self.warm_start and self.current_epoch == 0:  # a resumed run has its own (load_checkpoint)
+            self.load_warm_start()
         self.modality_names = (self.labelled_channel_name(), modality)
         self.print_to_log_file(f"labelled {self.modality_names[0]} (normalised with "
                                f"{self.configuration_manager.normalization_schemes[0]}), unpaired {modality} from "
@@ -555,16 +565,8 @@ class nnUNetTrainerCMEDL(ExperimentMixin, nnUNetTrainer):
         if self.grad_scaler is not None and checkpoint['grad_scaler_state'] is not None:
             self.grad_scaler.load_state_dict(checkpoint['grad_scaler_state'])
 
-        if 'cmedl_teacher_weights' not in checkpoint:
-            raise RuntimeError(f"{filename_or_checkpoint if isinstance(filename_or_checkpoint, str) else 'checkpoint'}"
-                               f": not a CMEDL checkpoint (no teacher/I2I weights); it was written by "
-                               f"{checkpoint.get('trainer_name')}")
-        method = checkpoint.get('cmedl_i2i_method', 'cyclegan')
-        if method != self.i2i_method:
-            raise RuntimeError(f"{filename_or_checkpoint if isinstance(filename_or_checkpoint, str) else 'checkpoint'}"
-                               f": its I2I method is {method}, this trainer's is {self.i2i_method}")
-        unwrap(self.teacher).load_state_dict(checkpoint['cmedl_teacher_weights'])
-        self.i2i.load_state_dict(checkpoint['cmedl_i2i_weights'])
+        self._load_teacher_and_i2i(checkpoint, filename_or_checkpoint if isinstance(filename_or_checkpoint, str)
+                                   else 'checkpoint')
         for k, o in self._cmedl_optimizers().items():
             o.load_state_dict(checkpoint['cmedl_optimizer_states'][k])
         for k, s in self._cmedl_lr_schedulers().items():
@@ -573,11 +575,48 @@ class nnUNetTrainerCMEDL(ExperimentMixin, nnUNetTrainer):
             state = checkpoint['cmedl_grad_scaler_states'].get(k)
             if s is not None and state is not None:
                 s.load_state_dict(state)
+        self._rng_state_to_restore = self._rng_state_of_this_rank(checkpoint)
+        self._restore_rng_state()
+
+    def warm_start_checkpoint(self) -> str:
+        """The checkpoint that ``warm_start`` names: a path, or a trainer's final checkpoint beside this run's."""
+        if os.sep in self.warm_start or self.warm_start.endswith('.pth'):
+            return self.warm_start
+        return join(dirname(self.output_folder_base), f"{self.warm_start}__{self.plans_manager.plans_name}__"
+                    f"{self.configuration_name}", f"fold_{self.fold}", "checkpoint_final.pth")
+
+    def load_warm_start(self) -> None:
+        """Generators, discriminators (and CycleGAN's image pools) and the teacher from the ``warm_start``
+        checkpoint; the student and all optimisers stay as initialised (no random number is drawn here, so a seeded
+        run's student still starts as plain nnU-Net's)."""
+        path = self.warm_start_checkpoint()
+        if not isfile(path):
+            raise TrainingStopped(f"warm start {path}: no such checkpoint (train {self.warm_start} first, or set "
+                                  f"warm_start / nnUNet_cmedl_warm_start to an existing CMEDL checkpoint)")
+        checkpoint = load_checkpoint(path, map_location=self.device, trust=True)  # a CMEDL run's own output
+        self._load_teacher_and_i2i(checkpoint, f"warm start {path}")
+        self.print_to_log_file(f"warm start: generators, discriminators and teacher from {path} ("
+                               f"{checkpoint.get('trainer_name')}, after epoch {checkpoint.get('current_epoch')}); "
+                               f"student, optimisers and schedules fresh")
+
+    def _load_teacher_and_i2i(self, checkpoint: dict, source: str) -> None:
+        """The teacher's and the I2I method's weights and state (CycleGAN's image pools) from a CMEDL checkpoint;
+        what does not fit stops training with one line that names ``source``."""
+        if 'cmedl_teacher_weights' not in checkpoint:
+            raise TrainingStopped(f"{source}: not a CMEDL checkpoint (no teacher/I2I weights); it was written by "
+                                  f"{checkpoint.get('trainer_name')}")
+        method = checkpoint.get('cmedl_i2i_method', 'cyclegan')
+        if method != self.i2i_method:
+            raise TrainingStopped(f"{source}: its I2I method is {method}, this trainer's is {self.i2i_method}")
+        try:
+            unwrap(self.teacher).load_state_dict(checkpoint['cmedl_teacher_weights'])
+            self.i2i.load_state_dict(checkpoint['cmedl_i2i_weights'])
+        except RuntimeError as e:
+            raise TrainingStopped(f"{source}: its networks do not fit this trainer's (other plans, configuration or "
+                                  f"I2I sizes?): {str(e).splitlines()[0]}") from None
         # checkpoints of nnunet-cmedl 0.1 kept CycleGAN's image pools under 'cmedl_image_pools'
         self.i2i.load_extra_state(checkpoint['cmedl_i2i_state'] if 'cmedl_i2i_state' in checkpoint
                                   else {'image_pools': checkpoint['cmedl_image_pools']}, self.device)
-        self._rng_state_to_restore = self._rng_state_of_this_rank(checkpoint)
-        self._restore_rng_state()
 
     def _rng_state_of_this_rank(self, checkpoint: dict):
         """The random streams this process restores: the saved ones; multi-GPU: this rank's, where the checkpoint has one

@@ -285,6 +285,18 @@ class nnUNetTrainerCMEDL_teacherAheadMasked(nnUNetTrainerCMEDL_teacherAhead):
         self.hint_mask = 'teacher_correct'
 
 
+class nnUNetTrainerCMEDL_teacherAheadWarm(nnUNetTrainerCMEDL_teacherAhead):
+    """teacherAhead whose I2I networks and teacher start where a CMEDL_noHint run of the same dataset, plans,
+    configuration and fold ended (pre-training; ``warm_start``), so that the teacher on pMRI is ahead of the fresh
+    student from the first epochs: the paper's premise, which training everything from scratch did not reach at the
+    CPU budget (issue 8, docs/BENCHMARK.md "Update, stop 19"). Train nnUNetTrainerCMEDL_noHint first."""
+
+    def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
+                 device: torch.device = torch.device('cuda')):
+        super().__init__(plans, configuration, fold, dataset_json, device)
+        self.warm_start = 'nnUNetTrainerCMEDL_noHint'
+
+
 class nnUNetTrainer_reseedAt20(ExperimentMixin, nnUNetTrainer):
     """Plain nnU-Net whose random streams are reseeded at the start of epoch 20 (of the benchmark's 40): the control
     for a matched pair, whose runs part where CMEDL's hint gate first opens (epochs 13-22 at the cpu budget)."""
