@@ -31,6 +31,15 @@ want="$pins $(sha1sum "$repo/pyproject.toml" | cut -c1-12)"
 if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ]; then
   echo "[setup] $venv is up to date"
 else
+  # torch's PyPI build for x86_64 carries CUDA: about 5.6 GB in the environment. Say so in one line rather than fail
+  # half-way with pip's "No space left on device"
+  need_mb=6500
+  free_mb=$(df -Pm "$(dirname "$venv")" | awk 'NR==2 {print $4}')
+  if ! "$py" -c 'import torch' 2>/dev/null && [ -n "$free_mb" ] && [ "$free_mb" -lt "$need_mb" ]; then
+    echo "[setup] only ${free_mb} MB free on the disk of $venv; torch and the rest need about ${need_mb} MB" \
+         "(free some space, or set CMEDL_VENV to a folder on a larger disk)" >&2
+    exit 1
+  fi
   echo "[setup] installing nnunet-cmedl and its dependencies into $venv ($pins)"
   "$py" -m pip install --quiet --upgrade pip
   # shellcheck disable=SC2086
