@@ -5,6 +5,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import SimpleITK as sitk
 import torch
 
 from conftest import SMALL_2D
@@ -262,6 +263,12 @@ def test_benchmark_evaluates_every_checkpoint_of_a_run_on_the_test_set(planned_d
     run = FakeRun()
     run.folder = folder
     assert [e for e, _ in benchmark_report.checkpoints(run, tmp_path)] == [1, 2, 3]
+    # a teacher that says "tumour" everywhere, so that its scores cannot be mistaken for the student's
+    final = torch.load(folder / "checkpoint_final.pth", map_location="cpu", weights_only=False)
+    for k, v in final["cmedl_teacher_weights"].items():
+        if k.startswith("decoder.seg_layers."):
+            final["cmedl_teacher_weights"][k] = torch.zeros_like(v) if k.endswith("weight") else torch.tensor([-9., 9.])
+    torch.save(final, folder / "checkpoint_final.pth")
     monkeypatch.delenv("nnUNet_extTrainer", raising=False)  # the evaluation finds our trainers by itself
     data = pipeline.PreparedDataset(planned_dataset["dataset_id"], planned_dataset["dataset_name"],
                                     Path(planned_dataset["raw_folder"]), SMALL_2D)
@@ -280,8 +287,18 @@ def test_benchmark_evaluates_every_checkpoint_of_a_run_on_the_test_set(planned_d
     for e in (1, 2, 3):  # every checkpoint predicted every test case
         ck = "checkpoint_final" if e == 3 else f"checkpoint_epoch_{e:04d}"
         assert len(list((tmp_path / "predictions" / f"{cls.__name__}_fold0" / ck).glob("*.nii.gz"))) == n_cases
+    # the teacher on the pMRI of its own generator, final checkpoint, every test case, scored per tumour
+    teacher_segs = sorted((tmp_path / "predictions" / f"{cls.__name__}_fold0" / "teacher_on_pmri_final").glob("*.nii.gz"))
+    assert len(teacher_segs) == n_cases and all(sitk.GetArrayFromImage(sitk.ReadImage(str(f))).min() == 1
+                                                  for f in teacher_segs[:2])
+    premise = summary["teacher_on_pmri"]["CMEDL"]
+    assert premise["seeds"] == [0]
+    assert 0 < premise["hard"]["teacher"][0] < 0.9  # everything "tumour": the 10 mm around each tumour too
+    assert premise["hard"]["teacher"][0] != premise["hard"]["student"][0]
+    assert premise["hard"]["student"] == summary["tumours"]["hard"]["dsc"]["CMEDL"]["per_seed"]
     benchmark_report.write_summary(summary, tmp_path)
     assert "hard (n=" in (tmp_path / "benchmark_summary.md").read_text()
+    assert "teacher on pMRI" in (tmp_path / "benchmark_summary.md").read_text()
     # a run predicted elsewhere (scripts/gpu_benchmark.py brings back predictions, not curve checkpoints): its
     # complete prediction folders stand for the checkpoints; an incomplete one does not
     (folder / "checkpoint_epoch_0002.pth").unlink()

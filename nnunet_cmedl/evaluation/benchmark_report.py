@@ -76,6 +76,27 @@ def predict_checkpoint(run, checkpoint: str, images: Path, output: Path, device:
     return output
 
 
+def predict_teacher_on_pmri(run, images: Path, workdir: Path, device: str):
+    """A CMEDL run's teacher on the pMRI of its own generator, for the test CTs, at the final checkpoint
+    (``nnunet_cmedl export-pmri --teacher-seg``: sliding window, tile step 0.5, no TTA, as the student is predicted).
+    The hint can teach the student only what this teacher knows (issue 8). None for a run without a teacher."""
+    output = run_predictions(workdir, run) / "teacher_on_pmri_final"
+    if (output / COMPLETE).is_file():
+        return output
+    if "cmedl_teacher_weights" not in load_checkpoint(run.folder / "checkpoint_final.pth"):
+        return None
+    from nnunet_cmedl.inference.cmedl_model import load_cmedl_model
+    from nnunet_cmedl.inference.export_pmri import export_pseudo_mri_batch
+    model = load_cmedl_model(run.folder.parent, fold=run.fold, device=device, trust_checkpoint=True)  # our own run
+    exported = output / "pmri_and_teacher"
+    written = export_pseudo_mri_batch(model, images, exported, teacher_seg=True, overwrite=True, show_progress=False)
+    for files in written:  # <case>.nii.gz, as the student's predictions are named (the scorers read that)
+        seg = files["teacher_seg"]
+        seg.replace(output / seg.name.replace("_teacher_seg", ""))
+    (output / COMPLETE).write_text(f"{run.trainer} fold {run.fold} teacher on pMRI, checkpoint_final.pth\n")
+    return output
+
+
 def evaluate_prediction(labels: Path, folder: Path, metadata: dict, key: str) -> dict:
     """Per-case DSC/sDSC/HD95 and per-tumour rows of one prediction folder (cached beside it)."""
     cache = folder / "benchmark_metrics.json"
@@ -152,6 +173,26 @@ def curve_points(results: dict, method: str) -> dict:
     return out
 
 
+def teacher_vs_student(results: dict, baseline: str) -> dict:
+    """Per CMEDL method, final checkpoint, per-tumour DSC (mean over tumours, per seed) of its teacher on pMRI, its
+    student on CT and the baseline's student of the same seed: the paper's premise is teacher > student."""
+    out = {}
+    for method, seeds in results.items():
+        with_teacher = sorted(s for s, r in seeds.items() if "teacher_final" in r)
+        if not with_teacher:
+            continue
+        out[method] = {"seeds": with_teacher}
+        for difficulty in DIFFICULTIES:
+            def per_seed(rows_of):
+                return [_mean(t["dsc"] for t in rows_of(s)["tumours"]
+                              if difficulty == "all" or t["difficulty"] == difficulty) for s in with_teacher]
+            teacher = per_seed(lambda s: seeds[s]["teacher_final"])
+            student = per_seed(lambda s: seeds[s]["final"])
+            base = per_seed(lambda s: results[baseline][s]["final"] if s in results[baseline] else {"tumours": []})
+            out[method][difficulty] = {"teacher": teacher, "student": student, f"{baseline} student": base}
+    return out
+
+
 # ------------------------------------------------------------------------------------------------ evaluation
 def _training_log(run) -> dict:
     checkpoint = load_checkpoint(run.folder / "checkpoint_final.pth")
@@ -184,6 +225,9 @@ def evaluate(runs, data, workdir: Path, device: str, baseline: str, budget_name:
             entry["fastest_epoch_seconds"] = fastest
             entry["log"] = {k: log.get(k) for k in ("mean_fg_dice", "ema_fg_dice", "cmedl_teacher_pseudo_dice_pmri",
                                                     "train_losses", "val_losses")}
+            teacher = predict_teacher_on_pmri(run, images, workdir, device)
+            if teacher is not None:
+                entry["teacher_final"] = evaluate_prediction(labels, teacher, metadata, run.name + " teacher")
     iterations = BUDGETS[runs[0].trainer.split("_")[-2]]["num_iterations_per_epoch"]
 
     methods = list(results)
@@ -217,6 +261,7 @@ def evaluate(runs, data, workdir: Path, device: str, baseline: str, budget_name:
                    {"vs_baseline": paired_tests(base, unit_values(results, m, "cases", "all", metric))})}
             for m in methods}
     summary["n_tumours"] = {d: summary["tumours"][d]["dsc"][baseline]["n_units"] for d in DIFFICULTIES}
+    summary["teacher_on_pmri"] = teacher_vs_student(results, baseline)
     summary["figures"] = plot_all(summary, workdir)
     return summary
 
@@ -319,6 +364,18 @@ def tables(summary: dict) -> str:
         for difficulty in DIFFICULTIES:
             rows.append([method, difficulty, *(fmt(_mean(v)) for v in curves[difficulty]["dsc"])])
     out += "\n\n" + format_table(headers, rows, "Learning curves: test DSC per tumour (mean over seeds) vs iterations")
+    teachers = summary.get("teacher_on_pmri") or {}
+    if teachers:
+        headers = ["method", "tumours", "seeds", "teacher on pMRI", "its student on CT", f"{baseline} (same seeds)",
+                   "seeds teacher > student"]
+        rows = []
+        for method, entry in teachers.items():
+            for difficulty in DIFFICULTIES:
+                t, st, b = (entry[difficulty][k] for k in ("teacher", "student", f"{baseline} student"))
+                rows.append([method, difficulty, " ".join(map(str, entry["seeds"])), fmt(_mean(t)), fmt(_mean(st)),
+                             fmt(_mean(b)), f"{sum(x > y for x, y in zip(t, st))}/{len(t)}"])
+        out += "\n\n" + format_table(headers, rows, "The paper's premise at the final checkpoint: the teacher on the pMRI "
+                                                    "of its own generator vs the student on CT (test DSC per tumour)")
     return out
 
 
