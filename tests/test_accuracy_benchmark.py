@@ -307,6 +307,19 @@ def test_benchmark_evaluates_every_checkpoint_of_a_run_on_the_test_set(planned_d
     assert [e for e, _ in benchmark_report.checkpoints(run, tmp_path)] == [2, 3]
 
 
+def test_per_seed_table_gives_each_method_its_difference_to_the_baseline_at_the_same_seed():
+    from nnunet_cmedl.evaluation.benchmark_report import per_seed_differences
+    dsc = {"nnU-Net": {"seeds": [3, 4, 5], "per_seed": [0.2, 0.4, 0.3]},
+           "CMEDL": {"seeds": [4, 3], "per_seed": [0.5, 0.1]}}  # seed 5 missing, another order
+    summary = {"baseline": "nnU-Net", "tumours": {d: {"dsc": dsc} for d in ("hard", "easy", "all")}}
+    seeds, rows = per_seed_differences(summary)
+    assert seeds == [3, 4, 5] and len(rows) == 6
+    _, name, cells = rows[1]
+    assert name == "Δ CMEDL"
+    assert np.allclose(cells[:2], [-0.1, 0.1]) and np.isnan(cells[2]) and np.isclose(cells[3], 0.0)
+    assert np.allclose(rows[0][2], [0.2, 0.4, 0.3, 0.3])
+
+
 def test_benchmark_and_demo_reuse_only_a_finished_run_of_the_same_trainer_configuration_and_budget(tmp_path):
     from nnunet_cmedl import benchmark, pipeline
     from nnunet_cmedl.errors import UserInputError

@@ -153,7 +153,7 @@ def paired_tests(base: dict, other: dict) -> dict:
 def method_stats(values: dict) -> dict:
     """Mean over units per seed, then mean and sd of those over seeds."""
     per_seed = [_mean(v.values()) for v in values.values()]
-    return {"per_seed": per_seed, "mean": _mean(per_seed),
+    return {"seeds": list(values), "per_seed": per_seed, "mean": _mean(per_seed),
             "sd_over_seeds": float(np.nanstd(per_seed, ddof=1)) if len(per_seed) > 1 else float("nan"),
             "n_units": len(next(iter(values.values()), {}))}
 
@@ -334,6 +334,24 @@ def _p(stats: dict, how: str) -> str:
     return f"{test['mean_difference']:+.3f} (p={'n/a' if p is None or math.isnan(p) else fmt(p, 4)}, n={n})"
 
 
+def per_seed_differences(summary: dict):
+    """(seeds, rows): per difficulty, the baseline's final per-tumour DSC per seed, and for every other method
+    'Δ method' with its difference to the baseline at the same seed (nan where either lacks the seed); the last cell
+    of each row is the mean over the seeds it has."""
+    baseline = summary["baseline"]
+    seeds = sorted({s for m in summary["tumours"]["all"]["dsc"].values() for s in m.get("seeds", [])})
+    rows = []
+    for difficulty in DIFFICULTIES:
+        entry = summary["tumours"][difficulty]["dsc"]
+        base = dict(zip(entry[baseline].get("seeds", []), entry[baseline]["per_seed"]))
+        for method, stats in entry.items():
+            own = dict(zip(stats.get("seeds", []), stats["per_seed"]))
+            cells = [own[s] - (0.0 if method == baseline else base[s]) if s in own and s in base else float("nan")
+                     for s in seeds]
+            rows.append((difficulty, method if method == baseline else f"Δ {method}", cells + [_mean(cells)]))
+    return seeds, rows
+
+
 def tables(summary: dict) -> str:
     baseline = summary["baseline"]
     headers = ["tumours", "method", "DSC", "sDSC 2mm", "HD95 mm", "recall",
@@ -364,6 +382,13 @@ def tables(summary: dict) -> str:
         for difficulty in DIFFICULTIES:
             rows.append([method, difficulty, *(fmt(_mean(v)) for v in curves[difficulty]["dsc"])])
     out += "\n\n" + format_table(headers, rows, "Learning curves: test DSC per tumour (mean over seeds) vs iterations")
+    seeds, rows = per_seed_differences(summary)
+    if len(seeds) > 1:
+        rows = [[d, m, *(("" if not math.isfinite(c) else fmt(c) if m == baseline else f"{c:+.3f}")
+                         for c in cells)] for d, m, cells in rows]
+        out += "\n\n" + format_table(["tumours", "method", *(f"seed {s}" for s in seeds), "mean"], rows,
+                                     f"Per seed: final per-tumour DSC of {baseline}, and each method's difference "
+                                     f"to it at the same seed (matched pairs)")
     teachers = summary.get("teacher_on_pmri") or {}
     if teachers:
         headers = ["method", "tumours", "seeds", "teacher on pMRI", "its student on CT", f"{baseline} (same seeds)",
