@@ -96,6 +96,7 @@ class Job(threading.Thread):
         self.spec, self.run_, self.env, self.log, self.a = spec, run, env, log, a
         self.nice = parse_run(spec)[3]
         self.proc, self.state, self.times, self.stopped = None, "waiting", {}, False
+        self.after = None  # the job whose run this one warm-starts from (benchmark_trainers.WARM_STARTS)
 
     def _call(self, cmd, f) -> int:
         if self.stopped:
@@ -106,6 +107,12 @@ class Job(threading.Thread):
 
     def run(self):
         r, a = self.run_, self.a
+        if self.after is not None:  # a warm-started run trains once the run it starts from has finished
+            self.state = "waiting for its warm start"
+            self.after.join()
+            if not (self.after.run_.folder / "checkpoint_final.pth").is_file():
+                self.state = f"not started: its warm start {self.after.spec} did not finish"
+                return
         with open(self.log, "w") as f:
             self.state, t = "training", time.time()
             train = shutil.which("nnUNetv2_train") or Path(sys.executable).parent / "nnUNetv2_train"
@@ -296,7 +303,13 @@ def main(argv=None) -> int:
     logs.mkdir(exist_ok=True)
     jobs = [Job(spec, make_run(spec, steps, data), env, logs / f"{spec.replace(':', '_')}.log", a)
             for spec in a.runs]
+    from nnunet_cmedl.training.benchmark_trainers import WARM_STARTS
     for job in jobs:
+        if job.run_.method in WARM_STARTS:
+            source = WARM_STARTS[job.run_.method]
+            job.after = next((j for j in jobs if (j.run_.method, j.run_.seed, j.run_.budget) ==
+                              (source[0], source[1], job.run_.budget)), None)
+    for job in sorted(jobs, key=lambda j: j.after is not None):  # a thread can be waited for once it has started
         job.start()
     while any(j.is_alive() for j in jobs) and time.time() - t0 < a.deadline:
         time.sleep(5)

@@ -3,6 +3,7 @@ tarballs split into parts a GPU machine can return. (Its whole path, train -> pr
 --no-train`, was run on an H200: docs/BENCHMARK.md.)"""
 import importlib.util
 import tarfile
+import time
 from pathlib import Path
 
 import numpy as np
@@ -87,3 +88,47 @@ def test_hand_back_returns_parts_in_order_within_the_machines_limits(tmp_path):
     (tmp_path / "out2").mkdir()
     returned, left = g.hand_back(parts, tmp_path / "out2", max_files=3, max_bytes=1e9)  # the file limit
     assert returned == [p.name for p in parts[:3]] and left == [str(p) for p in parts[3:]]
+
+
+def test_a_warm_started_run_trains_after_the_run_it_starts_from(tmp_path, monkeypatch):
+    """Runs train side by side, but CMEDL_teacherAheadWarm waits for its pre-training run (CMEDL_noHint seed 0) and
+    does not start where that one did not finish."""
+    import argparse
+    import threading
+    gpu = load_script()
+    order, lock = [], threading.Lock()
+
+    class FakeRun:
+        def __init__(self, method, seed):
+            self.method, self.seed, self.budget, self.fold = method, seed, "benchCPU", 0
+            self.trainer = f"{method}_{seed}"
+            self.folder = tmp_path / self.trainer
+            self.folder.mkdir()
+
+    def fake_call(job, cmd, log):
+        if "--predict" in map(str, cmd):
+            return 0
+        with lock:
+            order.append(job.run_.trainer)
+        if job.run_.method == "CMEDL_noHint" and not job.fail:
+            time.sleep(0.3)  # the warm run would overtake it if it did not wait
+            (job.run_.folder / "checkpoint_final.pth").write_text("x")
+        return 0 if not job.fail else 1
+    monkeypatch.setattr(gpu.Job, "_call", fake_call)
+    a = argparse.Namespace(dataset_id=502, configuration="2d_bench", device="cpu", workdir=tmp_path)
+    for fail in (False, True):
+        order.clear()
+        source = gpu.Job("CMEDL_noHint:benchCPU:0", FakeRun("CMEDL_noHint", 0), {}, tmp_path / f"s{fail}.log", a)
+        warm = gpu.Job("CMEDL_teacherAheadWarm:benchCPU:3", FakeRun("CMEDL_teacherAheadWarm", 3 + fail), {},
+                       tmp_path / f"w{fail}.log", a)
+        source.fail = warm.fail = fail
+        warm.after = source
+        source.start()  # as main() does: the runs others wait for first
+        warm.start()
+        warm.join(5)
+        source.join(5)
+        if not fail:
+            assert order == ["CMEDL_noHint_0", "CMEDL_teacherAheadWarm_3"] and warm.state == "done", warm.state
+        else:
+            assert order == ["CMEDL_noHint_0"] and warm.state.startswith("not started: its warm start")
+        (tmp_path / "CMEDL_noHint_0").rename(tmp_path / f"old{fail}")
