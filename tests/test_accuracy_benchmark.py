@@ -307,6 +307,22 @@ def test_benchmark_evaluates_every_checkpoint_of_a_run_on_the_test_set(planned_d
     assert [e for e, _ in benchmark_report.checkpoints(run, tmp_path)] == [2, 3]
 
 
+def test_the_teacher_is_scored_for_cmedl_runs_only(tmp_path):
+    """pMRI-only / CT+pMRI keep a 'teacher' (their segmenter) in the checkpoint, but it is the deployed network, which
+    the benchmark scores already; plain nnU-Net has none. Neither gets a teacher-on-pMRI prediction."""
+    from nnunet_cmedl.evaluation.benchmark_report import predict_teacher_on_pmri
+
+    class FakeRun:
+        fold, folder = 0, tmp_path / "run"
+    FakeRun.folder.mkdir()
+    for trainer, cmedl_keys in (("nnUNetTrainerPseudoMRI_benchCPU_seed0", True),
+                                ("nnUNetTrainerCTPseudoMRI_benchCPU_seed0", True), ("nnUNetTrainer_benchCPU_seed0", False)):
+        FakeRun.trainer = trainer
+        torch.save({"trainer_name": trainer, "network_weights": {},
+                    **({"cmedl_teacher_weights": {}} if cmedl_keys else {})}, FakeRun.folder / "checkpoint_final.pth")
+        assert predict_teacher_on_pmri(FakeRun, tmp_path / "images", tmp_path, "cpu") is None
+
+
 def test_per_seed_table_gives_each_method_its_difference_to_the_baseline_at_the_same_seed():
     from nnunet_cmedl.evaluation.benchmark_report import per_seed_differences
     dsc = {"nnU-Net": {"seeds": [3, 4, 5], "per_seed": [0.2, 0.4, 0.3]},

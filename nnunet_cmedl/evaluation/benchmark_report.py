@@ -83,9 +83,14 @@ def predict_teacher_on_pmri(run, images: Path, workdir: Path, device: str):
     output = run_predictions(workdir, run) / "teacher_on_pmri_final"
     if (output / COMPLETE).is_file():
         return output
-    if "cmedl_teacher_weights" not in load_checkpoint(run.folder / "checkpoint_final.pth"):
+    checkpoint = load_checkpoint(run.folder / "checkpoint_final.pth")
+    if "cmedl_teacher_weights" not in checkpoint:
         return None
-    from nnunet_cmedl.inference.cmedl_model import load_cmedl_model
+    from nnunet_cmedl.inference.cmedl_model import find_trainer_class, load_cmedl_model
+    from nnunet_cmedl.training.strategies import nnUNetTrainerPseudoMRI
+    trainer_class = find_trainer_class(checkpoint.get("trainer_name", ""))
+    if trainer_class is not None and issubclass(trainer_class, nnUNetTrainerPseudoMRI):
+        return None  # pMRI-only / CT+pMRI: the segmenter on pMRI is the deployed network, scored as the "student"
     from nnunet_cmedl.inference.export_pmri import export_pseudo_mri_batch
     model = load_cmedl_model(run.folder.parent, fold=run.fold, device=device, trust_checkpoint=True)  # our own run
     exported = output / "pmri_and_teacher"
