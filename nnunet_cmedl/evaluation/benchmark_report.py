@@ -76,14 +76,16 @@ def predict_checkpoint(run, checkpoint: str, images: Path, output: Path, device:
     return output
 
 
-def predict_teacher_on_pmri(run, images: Path, workdir: Path, device: str):
+def predict_teacher_on_pmri(run, images: Path, workdir: Path, device: str, checkpoint: dict = None):
     """A CMEDL run's teacher on the pMRI of its own generator, for the test CTs, at the final checkpoint
     (``nnunet_cmedl export-pmri --teacher-seg``: sliding window, tile step 0.5, no TTA, as the student is predicted).
-    The hint can teach the student only what this teacher knows (issue 8). None for a run without a teacher."""
+    The hint can teach the student only what this teacher knows (issue 8). None for a run without a teacher.
+    ``checkpoint``: the run's final checkpoint where the caller has loaded it already."""
     output = run_predictions(workdir, run) / "teacher_on_pmri_final"
     if (output / COMPLETE).is_file():
         return output
-    checkpoint = load_checkpoint(run.folder / "checkpoint_final.pth")
+    if checkpoint is None:
+        checkpoint = load_checkpoint(run.folder / "checkpoint_final.pth")
     if "cmedl_teacher_weights" not in checkpoint:
         return None
     from nnunet_cmedl.inference.cmedl_model import find_trainer_class, load_cmedl_model
@@ -199,11 +201,6 @@ def teacher_vs_student(results: dict, baseline: str) -> dict:
 
 
 # ------------------------------------------------------------------------------------------------ evaluation
-def _training_log(run) -> dict:
-    checkpoint = load_checkpoint(run.folder / "checkpoint_final.pth")
-    return checkpoint["logging"]
-
-
 def evaluate(runs, data, workdir: Path, device: str, baseline: str, budget_name: str, train_seconds: dict,
              command: str, curve_epochs=None) -> dict:
     from tqdm import tqdm
@@ -220,7 +217,8 @@ def evaluate(runs, data, workdir: Path, device: str, baseline: str, budget_name:
         entry["curve"][epoch] = evaluated
         if ck == "checkpoint_final.pth":
             entry["final"] = evaluated
-            log = _training_log(run)
+            final_checkpoint = load_checkpoint(run.folder / "checkpoint_final.pth")  # once: log and teacher
+            log = final_checkpoint["logging"]
             # wall-clock on an otherwise idle machine, estimated as epochs x the run's fastest epoch (training and
             # nnU-Net's validation): runs that shared the CPU with other work are not penalised for it
             starts, ends = log["epoch_start_timestamps"], log["epoch_end_timestamps"]
@@ -230,7 +228,7 @@ def evaluate(runs, data, workdir: Path, device: str, baseline: str, budget_name:
             entry["fastest_epoch_seconds"] = fastest
             entry["log"] = {k: log.get(k) for k in ("mean_fg_dice", "ema_fg_dice", "cmedl_teacher_pseudo_dice_pmri",
                                                     "train_losses", "val_losses")}
-            teacher = predict_teacher_on_pmri(run, images, workdir, device)
+            teacher = predict_teacher_on_pmri(run, images, workdir, device, final_checkpoint)
             if teacher is not None:
                 entry["teacher_final"] = evaluate_prediction(labels, teacher, metadata, run.name + " teacher")
     iterations = BUDGETS[runs[0].trainer.split("_")[-2]]["num_iterations_per_epoch"]
