@@ -161,6 +161,15 @@ def test_masked_hint_counts_only_the_voxels_the_teacher_segments_correctly():
     region_logits[:, 0, 4:6] = 5                                 # region 0 right on rows 4-5, wrong on 6-7
     m = teacher_correct_mask(region_logits, regions, has_regions=True)
     assert m[:, :, 4:6, 4:8].all() and not m[:, :, 6:8, 4:8].any() and not m[:, :, 4:6, :4].any()
+    # 'teacher_correct_foreground': only the tumour voxels the teacher finds (not the background it gets right, nor
+    # the tumour it misses, nor the ignore label)
+    logits[:, 1, 4:6, 4:8] = 10                                  # the teacher finds rows 4-5 of the tumour
+    target[:, :, 0, :] = 2                                       # row 0: nnU-Net's ignore label (2 here)
+    logits[:, 1, 0, :] = 10
+    found = teacher_correct_mask(logits, target, foreground_only=True)
+    assert found[:, :, 4:6, 4:8].all() and found.sum() == 2 * 8
+    r = teacher_correct_mask(region_logits, regions, has_regions=True, foreground_only=True)
+    assert r[:, :, 4:6, 4:8].all() and r.sum() == 2 * 8
 
 
 def test_hint_warm_up_ramps_and_the_gate_waits_for_the_teacher(planned_dataset, monkeypatch):

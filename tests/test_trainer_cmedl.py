@@ -347,7 +347,8 @@ def test_hint_moves_the_student_not_the_teacher(started_trainer, tmp_path):
 @pytest.mark.parametrize("started_trainer", [TINY], indirect=True)
 def test_a_masked_hint_does_not_pull_the_student_toward_a_teacher_that_is_wrong(started_trainer, tmp_path):
     """hint_mask 'teacher_correct' (nnUNetTrainerCMEDL_teacherAheadMasked): a teacher that segments tumour everywhere
-    on a batch without tumour is wrong on every voxel, so the hint moves the student nowhere; unmasked, it does."""
+    on a batch without tumour is wrong on every voxel, so the hint moves the student nowhere; unmasked, it does.
+    'teacher_correct_foreground' (nnUNetTrainerCMEDL_warmTumourMasked) likewise: there is no tumour to find."""
     trainer, batch = started_trainer
     batch = dict(batch, target=[torch.zeros_like(t) for t in batch["target"]])  # background only
     for layer in trainer.teacher.decoder.seg_layers:  # the teacher says "tumour" everywhere
@@ -358,9 +359,11 @@ def test_a_masked_hint_does_not_pull_the_student_toward_a_teacher_that_is_wrong(
     _, without_hint = step_from(trainer, ckpt, batch, lambda_hint=0.0)
     trainer.hint_mask = "teacher_correct"
     _, masked = step_from(trainer, ckpt, batch, lambda_hint=10.0)
+    trainer.hint_mask = "teacher_correct_foreground"  # _warmTumourMasked: no tumour found, no hint
+    _, tumour_masked = step_from(trainer, ckpt, batch, lambda_hint=10.0)
     trainer.hint_mask = "none"
     _, unmasked = step_from(trainer, ckpt, batch, lambda_hint=10.0)
-    assert weights_equal(without_hint, masked)
+    assert weights_equal(without_hint, masked) and weights_equal(without_hint, tumour_masked)
     assert not weights_equal(without_hint, unmasked)
     trainer.hint_mask = "everywhere"
     with pytest.raises(ValueError, match="hint_mask"):

@@ -110,21 +110,27 @@ def _normalised(features: torch.Tensor, normalisation: str) -> torch.Tensor:
     return features
 
 
-HINT_MASKS = ("none", "teacher_correct")
+HINT_MASKS = ("none", "teacher_correct", "teacher_correct_foreground")
 
 
-def teacher_correct_mask(output, target, has_regions: bool = False) -> torch.Tensor:
+def teacher_correct_mask(output, target, has_regions: bool = False, foreground_only: bool = False) -> torch.Tensor:
     """1 where the teacher's segmentation (of the highest-resolution output) equals the label, else 0: ``(B, 1, ...)``.
 
     Labels: the argmax class equals the target (nnU-Net's ignore label never does). Regions: every region's
-    sigmoid > 0.5 agrees with the target. The mask carries no gradient."""
+    sigmoid > 0.5 agrees with the target. ``foreground_only``: only where, in addition, the label is foreground (a
+    class other than background; regions: any region), i.e. the tumour voxels the teacher
+    finds. The mask carries no gradient."""
     output = output[0] if isinstance(output, (list, tuple)) else output
     target = target[0] if isinstance(target, (list, tuple)) else target
     with torch.no_grad():
         if has_regions:
             correct = ((output > 0) == (target > 0.5)).all(1, keepdim=True)
+            foreground = (target > 0.5).any(1, keepdim=True)
         else:
             correct = output.argmax(1, keepdim=True) == target.long()
+            foreground = target.long() > 0  # the ignore label is never correct (no output channel)
+        if foreground_only:
+            correct &= foreground
     return correct.float()
 
 

@@ -13,6 +13,7 @@ from nnunet_cmedl.training.variants import (nnUNetTrainer_cpuBudget, nnUNetTrain
                                             nnUNetTrainerCMEDL_noHint_cpuBudget, nnUNetTrainerCMEDL_tinyCPU,
                                             nnUNetTrainerCMEDL_hintWarmup, nnUNetTrainerCMEDL_teacherAhead,
                                             nnUNetTrainerCMEDL_teacherAheadMasked, nnUNetTrainerCMEDL_teacherAheadWarm,
+                                            nnUNetTrainerCMEDL_warmMasked, nnUNetTrainerCMEDL_warmTumourMasked,
                                             nnUNetTrainerCMEDL_tseg5, nnUNetTrainerCMEDL_hintNorm,
                                             nnUNetTrainerPseudoMRI_tinyCPU, nnUNetTrainerCTPseudoMRI_tinyCPU)
 from nnunet_cmedl.training.strategies import nnUNetTrainerCTPseudoMRI, nnUNetTrainerPseudoMRI
@@ -27,7 +28,8 @@ __all__ = ["nnUNetTrainerCMEDL", "nnUNetTrainerCMEDL_5epochs", "nnUNetTrainerCME
            "nnUNetTrainerCMEDL_noHint_cpuBudget", "nnUNetTrainerCMEDL_tinyCPU", "nnUNetTrainerCMEDL_cpuBudget",
            "nnUNetTrainer_tinyCPU", "nnUNetTrainer_cpuBudget", "nnUNetTrainerCMEDL_hintWarmup",
            "nnUNetTrainerCMEDL_teacherAhead", "nnUNetTrainerCMEDL_teacherAheadMasked",
-           "nnUNetTrainerCMEDL_teacherAheadWarm", "nnUNetTrainerCMEDL_tseg5", "nnUNetTrainerCMEDL_hintNorm",
+           "nnUNetTrainerCMEDL_teacherAheadWarm", "nnUNetTrainerCMEDL_warmMasked",
+           "nnUNetTrainerCMEDL_warmTumourMasked", "nnUNetTrainerCMEDL_tseg5", "nnUNetTrainerCMEDL_hintNorm",
            "nnUNetTrainerPseudoMRI", "nnUNetTrainerCTPseudoMRI", "nnUNetTrainerPseudoMRI_tinyCPU",
            "nnUNetTrainerCTPseudoMRI_tinyCPU",
            *benchmark_trainers.__all__]

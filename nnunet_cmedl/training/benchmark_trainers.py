@@ -24,6 +24,8 @@ METHODS = {
     "CMEDL_teacherAhead": variants.nnUNetTrainerCMEDL_teacherAhead,
     "CMEDL_teacherAheadMasked": variants.nnUNetTrainerCMEDL_teacherAheadMasked,
     "CMEDL_teacherAheadWarm": variants.nnUNetTrainerCMEDL_teacherAheadWarm,
+    "CMEDL_warmMasked": variants.nnUNetTrainerCMEDL_warmMasked,
+    "CMEDL_warmTumourMasked": variants.nnUNetTrainerCMEDL_warmTumourMasked,
     "CMEDL_tseg5": variants.nnUNetTrainerCMEDL_tseg5,
     "CMEDL_hintNorm": variants.nnUNetTrainerCMEDL_hintNorm,
     "CMEDL_identity": variants.nnUNetTrainerCMEDL_identity,
@@ -60,7 +62,8 @@ BUDGETS = {
 SEEDS = range(10)
 # method -> the method whose run at the same budget, seed 0, it warm-starts from (``warm_start``): one pre-training
 # shared by every seed (nnunet_cmedl benchmark trains it first)
-WARM_STARTS = {"CMEDL_teacherAheadWarm": ("CMEDL_noHint", 0)}
+WARM_STARTS = {method: ("CMEDL_noHint", 0)
+               for method in ("CMEDL_teacherAheadWarm", "CMEDL_warmMasked", "CMEDL_warmTumourMasked")}
 
 
 def trainer_name(method: str, budget: str, seed: int) -> str:

@@ -105,7 +105,10 @@ class nnUNetTrainerCMEDL(ExperimentMixin, nnUNetTrainer):
         self.hint_normalisation = 'none'
         # 'none': every voxel (CMEDL); 'teacher_correct': only where the teacher's segmentation of the pMRI equals the
         # label, so that a teacher that misses a tumour (e.g. one the generator has not yet learned to render) does
-        # not pull the student's features there (issue 8, docs/BENCHMARK.md "Update, stop 19")
+        # not pull the student's features there (issue 8, docs/BENCHMARK.md "Update, stop 19");
+        # 'teacher_correct_foreground': only the tumour (foreground) voxels the teacher segments correctly, so that the
+        # hint is not spent on background, which is most voxels and which the student gets right early anyway
+        # (issue 8, stop 21)
         self.hint_mask = 'none'
         # Warm start (issue 8, docs/BENCHMARK.md "Update, stop 20"): the I2I networks (generators, discriminators)
         # and the teacher start from another CMEDL run's checkpoint, so that the hint pulls the student toward a
@@ -291,8 +294,9 @@ class nnUNetTrainerCMEDL(ExperimentMixin, nnUNetTrainer):
         """Where the hint applies (see hint_mask): None for every voxel."""
         if self.hint_mask == 'none':
             return None
-        if self.hint_mask == 'teacher_correct':
-            return teacher_correct_mask(output_teacher, target, self.label_manager.has_regions)
+        if self.hint_mask in ('teacher_correct', 'teacher_correct_foreground'):
+            return teacher_correct_mask(output_teacher, target, self.label_manager.has_regions,
+                                        foreground_only=self.hint_mask == 'teacher_correct_foreground')
         raise ValueError(f"hint_mask {self.hint_mask!r}: expected one of {', '.join(HINT_MASKS)}")
 
     def discriminator_step(self, ct, mri, i2i) -> torch.Tensor:

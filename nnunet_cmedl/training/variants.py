@@ -297,6 +297,26 @@ class nnUNetTrainerCMEDL_teacherAheadWarm(nnUNetTrainerCMEDL_teacherAhead):
         self.warm_start = 'nnUNetTrainerCMEDL_noHint'
 
 
+class nnUNetTrainerCMEDL_warmMasked(nnUNetTrainerCMEDL_teacherAheadWarm):
+    """teacherAheadWarm with the hint only on the voxels the teacher segments correctly (issue 8, stop 20: the warm
+    teacher on pMRI beats its student on hard tumours and misses easy ones, and the unmasked hint carried the miss)."""
+
+    def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
+                 device: torch.device = torch.device('cuda')):
+        super().__init__(plans, configuration, fold, dataset_json, device)
+        self.hint_mask = 'teacher_correct'
+
+
+class nnUNetTrainerCMEDL_warmTumourMasked(nnUNetTrainerCMEDL_teacherAheadWarm):
+    """teacherAheadWarm with the hint only on the tumour voxels the teacher segments correctly (stop 20: the unmasked
+    hint fell to a fifth of its start, matched mostly on background, while the student still found no tumour)."""
+
+    def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
+                 device: torch.device = torch.device('cuda')):
+        super().__init__(plans, configuration, fold, dataset_json, device)
+        self.hint_mask = 'teacher_correct_foreground'
+
+
 class nnUNetTrainer_reseedAt20(ExperimentMixin, nnUNetTrainer):
     """Plain nnU-Net whose random streams are reseeded at the start of epoch 20 (of the benchmark's 40): the control
     for a matched pair, whose runs part where CMEDL's hint gate first opens (epochs 13-22 at the cpu budget)."""
