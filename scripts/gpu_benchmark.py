@@ -22,7 +22,8 @@ later when the CPU is short). Each run trains through the stock nnUNetv2_train (
 trainer's process, seeded; no torch.compile), then its checkpoints predict the test images, the final one first.
 At --deadline seconds whatever still runs is stopped and reported as unfinished; then the bundles are written into
 W/gpu_benchmark_bundles/, in parts of at most ~14 MB (a GPU machine returns files of limited size), most needed first:
-  bundle_1_results_<N>.tgz   predictions/<trainer>_fold<F>/<checkpoint>/ with their completion markers,
+  bundle_1_results_<N>.tgz   predictions/<trainer>_fold<F>/<checkpoint>/ with their completion markers (and, of a
+                             CMEDL run, teacher_on_pmri_final/: its teacher on the pMRI of the test CTs),
                              gpu_benchmark_logs/ (each run's output), per run nnU-Net's logs and validation summary,
                              and its checkpoint_final.pth (or, stopped while training, checkpoint_latest.pth) stripped
                              to what the evaluation reads (epoch, logs, trainer; the student's weights only where its
@@ -82,11 +83,17 @@ def predict(a) -> int:
     from nnunet_cmedl.evaluation import benchmark_report
     steps, data = setting(a.workdir, a.device, a.dataset_id, a.configuration)
     run = make_run(a.predict, steps, data)
-    for epoch, ck in reversed(benchmark_report.checkpoints(run, a.workdir)):
+    for i, (epoch, ck) in enumerate(reversed(benchmark_report.checkpoints(run, a.workdir))):
         t = time.time()
         benchmark_report.predict_checkpoint(run, ck, data.raw_folder / "imagesTs",
                                             benchmark_report.prediction_folder(a.workdir, run, ck), a.device)
         print(f"{run.trainer} fold {run.fold} {ck} (epoch {epoch}): predicted in {time.time() - t:.1f} s", flush=True)
+        if i == 0:  # after the final checkpoint: a CMEDL run's teacher on pMRI (its weights do not travel back)
+            t = time.time()
+            teacher = benchmark_report.predict_teacher_on_pmri(run, data.raw_folder / "imagesTs", a.workdir, a.device)
+            if teacher is not None:
+                shutil.rmtree(teacher / "pmri_and_teacher", ignore_errors=True)  # the pMRI images: too big to return
+                print(f"{run.trainer} fold {run.fold} teacher on pMRI: predicted in {time.time() - t:.1f} s", flush=True)
     return 0
 
 
