@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 import torch
+from torch import nn
 
 from conftest import SMALL_2D
 from test_trainer_cmedl import all_tensors, make_trainer
@@ -170,6 +171,30 @@ def test_masked_hint_counts_only_the_voxels_the_teacher_segments_correctly():
     assert found[:, :, 4:6, 4:8].all() and found.sum() == 2 * 8
     r = teacher_correct_mask(region_logits, regions, has_regions=True, foreground_only=True)
     assert r[:, :, 4:6, 4:8].all() and r.sum() == 2 * 8
+
+
+def test_output_hint_is_the_teachers_kl_divergence_where_the_mask_allows():
+    """hint_target 'outputs': Hinton's knowledge distillation on the highest-resolution output, masked."""
+    from nnunet_cmedl.distillation.hint import output_hint_loss
+    torch.manual_seed(0)
+    teacher = torch.randn(2, 3, 8, 8)
+    student = torch.randn(2, 3, 8, 8, requires_grad=True)
+    T = 2.0
+    expected = nn.functional.kl_div(torch.log_softmax(student / T, 1), torch.softmax(teacher / T, 1),
+                                    reduction="none").sum(1).mean() * T ** 2
+    torch.testing.assert_close(output_hint_loss([student, student[:, :, ::2, ::2]], [teacher], T), expected)
+    assert output_hint_loss(teacher, teacher, T) < 1e-6  # the student that says what the teacher says
+    mask = torch.zeros(2, 1, 8, 8)
+    mask[:, :, :4] = 1
+    loss = output_hint_loss(student, teacher, T, mask=mask)
+    loss.backward()
+    assert student.grad[:, :, 4:].abs().sum() == 0 and student.grad[:, :, :4].abs().sum() > 0  # only where allowed
+    moved = student.detach().clone()
+    moved[:, :, 4:] += 100                                        # outside the mask: no effect
+    torch.testing.assert_close(output_hint_loss(moved, teacher, T, mask=mask), loss.detach())
+    # regions: a binary KL per region, zero where the student agrees
+    assert output_hint_loss(teacher, teacher, T, has_regions=True) < 1e-6
+    assert output_hint_loss(student.detach(), teacher, T, has_regions=True) > 0.01
 
 
 def test_hint_warm_up_ramps_and_the_gate_waits_for_the_teacher(planned_dataset, monkeypatch):

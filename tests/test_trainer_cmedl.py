@@ -335,13 +335,23 @@ def weights_equal(a, b) -> bool:
 
 @pytest.mark.parametrize("started_trainer", [TINY], indirect=True)
 def test_hint_moves_the_student_not_the_teacher(started_trainer, tmp_path):
+    """On decoder features (CMEDL) and on outputs (hint_target 'outputs', _warmOutputHint) alike."""
     trainer, batch = started_trainer
     ckpt = tmp_path / "state.pth"
     trainer.save_checkpoint(str(ckpt))
     teacher_0, student_0 = step_from(trainer, ckpt, batch, lambda_hint=0.0)
-    teacher_1, student_1 = step_from(trainer, ckpt, batch, lambda_hint=10.0)
-    assert weights_equal(teacher_0, teacher_1)
-    assert not weights_equal(student_0, student_1)
+    students = []
+    for target in ("features", "outputs"):
+        trainer.hint_target = target
+        teacher_1, student_1 = step_from(trainer, ckpt, batch, lambda_hint=10.0)
+        assert weights_equal(teacher_0, teacher_1), target
+        assert not weights_equal(student_0, student_1), target
+        students.append(student_1)
+    assert not weights_equal(*students)
+    trainer.hint_target = "logits"
+    with pytest.raises(ValueError, match="hint_target"):
+        trainer.train_step(batch)
+    trainer.hint_target = "features"
 
 
 @pytest.mark.parametrize("started_trainer", [TINY], indirect=True)

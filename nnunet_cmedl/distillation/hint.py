@@ -159,3 +159,30 @@ def hint_loss(student_features: Sequence[torch.Tensor], teacher_features: Sequen
             m = nn.functional.interpolate(mask.float(), size=s.shape[2:], mode="nearest")
             terms.append(((s - t) ** 2 * m).sum() / (m.sum() * s.shape[1]).clamp(min=1))
     return torch.stack(terms).mean()
+
+
+HINT_TARGETS = ("features", "outputs")
+
+
+def output_hint_loss(student_output, teacher_output, temperature: float = 2.0, has_regions: bool = False,
+                     detach_teacher: bool = True, mask: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """Knowledge distillation on the segmentation outputs (Hinton et al. 2015): the KL divergence from the teacher's
+    to the student's class probabilities, both softened by ``temperature``, times ``temperature ** 2`` (so that the
+    gradient's scale does not depend on it), averaged over the voxels of ``mask`` ``(B, 1, ...)`` (None: every voxel).
+    Highest-resolution outputs only (deep supervision's first). Labels: softmax over classes; regions: a sigmoid per
+    region (binary KL summed over regions). Not in CMEDL, whose hint is on decoder features."""
+    s = student_output[0] if isinstance(student_output, (list, tuple)) else student_output
+    t = teacher_output[0] if isinstance(teacher_output, (list, tuple)) else teacher_output
+    s, t = s.float() / temperature, (t.detach() if detach_teacher else t).float() / temperature
+    if has_regions:
+        p_t = torch.sigmoid(t)
+        kl = (p_t * (nn.functional.logsigmoid(t) - nn.functional.logsigmoid(s))
+              + (1 - p_t) * (nn.functional.logsigmoid(-t) - nn.functional.logsigmoid(-s))).sum(1, keepdim=True)
+    else:
+        log_t, log_s = torch.log_softmax(t, 1), torch.log_softmax(s, 1)
+        kl = (log_t.exp() * (log_t - log_s)).sum(1, keepdim=True)
+    kl = kl * temperature ** 2
+    if mask is None:
+        return kl.mean()
+    m = nn.functional.interpolate(mask.float(), size=kl.shape[2:], mode="nearest")
+    return (kl * m).sum() / m.sum().clamp(min=1)

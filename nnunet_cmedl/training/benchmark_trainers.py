@@ -26,6 +26,7 @@ METHODS = {
     "CMEDL_teacherAheadWarm": variants.nnUNetTrainerCMEDL_teacherAheadWarm,
     "CMEDL_warmMasked": variants.nnUNetTrainerCMEDL_warmMasked,
     "CMEDL_warmTumourMasked": variants.nnUNetTrainerCMEDL_warmTumourMasked,
+    "CMEDL_warmOutputHint": variants.nnUNetTrainerCMEDL_warmOutputHint,
     "CMEDL_tseg5": variants.nnUNetTrainerCMEDL_tseg5,
     "CMEDL_hintNorm": variants.nnUNetTrainerCMEDL_hintNorm,
     "CMEDL_identity": variants.nnUNetTrainerCMEDL_identity,
@@ -63,7 +64,8 @@ SEEDS = range(10)
 # method -> the method whose run at the same budget, seed 0, it warm-starts from (``warm_start``): one pre-training
 # shared by every seed (nnunet_cmedl benchmark trains it first)
 WARM_STARTS = {method: ("CMEDL_noHint", 0)
-               for method in ("CMEDL_teacherAheadWarm", "CMEDL_warmMasked", "CMEDL_warmTumourMasked")}
+               for method in ("CMEDL_teacherAheadWarm", "CMEDL_warmMasked", "CMEDL_warmTumourMasked",
+                              "CMEDL_warmOutputHint")}
 
 
 def trainer_name(method: str, budget: str, seed: int) -> str:

@@ -35,7 +35,8 @@ from nnunetv2.utilities.helpers import dummy_context
 
 from mri_unpaired.loader import find_unpaired_folder, get_unpaired_dataloader
 from nnunet_cmedl.checkpoint_io import load_checkpoint
-from nnunet_cmedl.distillation.hint import HINT_MASKS, DecoderFeatureTap, hint_loss, teacher_correct_mask, unwrap
+from nnunet_cmedl.distillation.hint import (HINT_MASKS, HINT_TARGETS, DecoderFeatureTap, hint_loss, output_hint_loss,
+                                           teacher_correct_mask, unwrap)
 from nnunet_cmedl.distillation.teacher import SegmenterOnTranslated, scale_gradient
 from nnunet_cmedl.i2i import I2I_METHODS, build_i2i
 from nnunet_cmedl.i2i.cascade import previous_stage_channels
@@ -110,6 +111,12 @@ class nnUNetTrainerCMEDL(ExperimentMixin, nnUNetTrainer):
         # hint is not spent on background, which is most voxels and which the student gets right early anyway
         # (issue 8, stop 21)
         self.hint_mask = 'none'
+        # what the hint pulls: 'features' (CMEDL: the student's decoder features toward the teacher's); 'outputs': the
+        # student's segmentation toward the teacher's soft segmentation of the pMRI (knowledge distillation, Hinton et
+        # al. 2015; issue 8, stop 21: features matched to a fifth of their distance did not move the student's head),
+        # softened by output_hint_temperature (Hinton et al.: 2-20; 2 for two classes)
+        self.hint_target = 'features'
+        self.output_hint_temperature = 2.0
         # Warm start (issue 8, docs/BENCHMARK.md "Update, stop 20"): the I2I networks (generators, discriminators)
         # and the teacher start from another CMEDL run's checkpoint, so that the hint pulls the student toward a
         # teacher that already knows something; the student, every optimiser and every schedule start fresh. A path to
@@ -263,8 +270,7 @@ class nnUNetTrainerCMEDL(ExperimentMixin, nnUNetTrainer):
             output_student, student_features = self.student_tap(ct)
             loss_teacher = self.loss(output_teacher, target)
             loss_student = self.loss(output_student, target)
-            loss_hint = hint_loss(student_features, teacher_features, detach_teacher=self.hint_detach_teacher,
-                                  normalisation=self.hint_normalisation, mask=self.hint_voxels(output_teacher, target))
+            loss_hint = self.hint(student_features, teacher_features, output_student, output_teacher, target)
             weight_hint = self.hint_weight(self.current_epoch)
             loss_translation = i2i.loss + loss_teacher           # trains the generators and the teacher
             loss_distilled_student = loss_student + weight_hint * loss_hint
@@ -289,6 +295,17 @@ class nnUNetTrainerCMEDL(ExperimentMixin, nnUNetTrainer):
         return self._logged({'loss': loss_student, **{'G_' + k: v for k, v in i2i.terms.items()},
                              'D': loss_discriminators, 'teacher_seg': loss_teacher, 'student_seg': loss_student,
                              'hint': loss_hint})
+
+    def hint(self, student_features, teacher_features, output_student, output_teacher, target) -> torch.Tensor:
+        """CMEDL's hint loss (see hint_target, hint_mask, hint_normalisation, hint_detach_teacher)."""
+        mask = self.hint_voxels(output_teacher, target)
+        if self.hint_target == 'features':
+            return hint_loss(student_features, teacher_features, detach_teacher=self.hint_detach_teacher,
+                             normalisation=self.hint_normalisation, mask=mask)
+        if self.hint_target == 'outputs':
+            return output_hint_loss(output_student, output_teacher, self.output_hint_temperature,
+                                    self.label_manager.has_regions, detach_teacher=self.hint_detach_teacher, mask=mask)
+        raise ValueError(f"hint_target {self.hint_target!r}: expected one of {', '.join(HINT_TARGETS)}")
 
     def hint_voxels(self, output_teacher, target):
         """Where the hint applies (see hint_mask): None for every voxel."""

@@ -317,6 +317,17 @@ class nnUNetTrainerCMEDL_warmTumourMasked(nnUNetTrainerCMEDL_teacherAheadWarm):
         self.hint_mask = 'teacher_correct_foreground'
 
 
+class nnUNetTrainerCMEDL_warmOutputHint(nnUNetTrainerCMEDL_warmMasked):
+    """warmMasked with the hint on the outputs: where the warm teacher segments the pMRI correctly, the student's
+    segmentation of the CT is pulled toward the teacher's soft segmentation (knowledge distillation) instead of its
+    decoder features toward the teacher's (issue 8, stop 21)."""
+
+    def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
+                 device: torch.device = torch.device('cuda')):
+        super().__init__(plans, configuration, fold, dataset_json, device)
+        self.hint_target = 'outputs'
+
+
 class nnUNetTrainer_reseedAt20(ExperimentMixin, nnUNetTrainer):
     """Plain nnU-Net whose random streams are reseeded at the start of epoch 20 (of the benchmark's 40): the control
     for a matched pair, whose runs part where CMEDL's hint gate first opens (epochs 13-22 at the cpu budget)."""
