@@ -212,6 +212,23 @@ def test_hint_warm_up_ramps_and_the_gate_waits_for_the_teacher(planned_dataset, 
     logs["dice_per_class_or_region"].append([0.4])
     logs["cmedl_teacher_pseudo_dice_pmri"].append(0.5)
     assert g.hint_weight(2) == 1.0
+    # 'teacher_ahead_after_onset' (_warmAfterOnset): also waits until the student has begun to segment
+    g.hint_gate = "teacher_ahead_after_onset"
+    logs["dice_per_class_or_region"] = [[0.0], [0.0]]
+    logs["cmedl_teacher_pseudo_dice_pmri"] = [0.6, 0.6]
+    assert g.hint_weight(2) == 0.0                         # the teacher is ahead, the student has not started
+    logs["dice_per_class_or_region"].append([0.3])
+    logs["cmedl_teacher_pseudo_dice_pmri"].append(0.6)
+    assert g.hint_weight(3) == 1.0
+    logs["dice_per_class_or_region"].append([0.0])          # started once: the onset stays
+    logs["cmedl_teacher_pseudo_dice_pmri"].append(0.6)
+    assert g.hint_weight(4) == 1.0
+    logs["cmedl_teacher_pseudo_dice_pmri"].append(0.0)      # the teacher behind: off, as teacher_ahead
+    logs["dice_per_class_or_region"].append([0.3])
+    assert g.hint_weight(5) == 0.0
+    g.hint_gate = "sometimes"
+    with pytest.raises(ValueError, match="hint_gate"):
+        g.hint_weight(5)
 
 
 # ------------------------------------------------------------------------------------------------ data

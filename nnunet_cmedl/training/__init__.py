@@ -14,8 +14,8 @@ from nnunet_cmedl.training.variants import (nnUNetTrainer_cpuBudget, nnUNetTrain
                                             nnUNetTrainerCMEDL_hintWarmup, nnUNetTrainerCMEDL_teacherAhead,
                                             nnUNetTrainerCMEDL_teacherAheadMasked, nnUNetTrainerCMEDL_teacherAheadWarm,
                                             nnUNetTrainerCMEDL_warmMasked, nnUNetTrainerCMEDL_warmTumourMasked,
-                                            nnUNetTrainerCMEDL_warmOutputHint, nnUNetTrainerCMEDL_tseg5,
-                                            nnUNetTrainerCMEDL_hintNorm,
+                                            nnUNetTrainerCMEDL_warmOutputHint, nnUNetTrainerCMEDL_warmAfterOnset,
+                                            nnUNetTrainerCMEDL_tseg5, nnUNetTrainerCMEDL_hintNorm,
                                             nnUNetTrainerPseudoMRI_tinyCPU, nnUNetTrainerCTPseudoMRI_tinyCPU)
 from nnunet_cmedl.training.strategies import nnUNetTrainerCTPseudoMRI, nnUNetTrainerPseudoMRI
 from nnunet_cmedl.training import benchmark_trainers
@@ -30,7 +30,8 @@ __all__ = ["nnUNetTrainerCMEDL", "nnUNetTrainerCMEDL_5epochs", "nnUNetTrainerCME
            "nnUNetTrainer_tinyCPU", "nnUNetTrainer_cpuBudget", "nnUNetTrainerCMEDL_hintWarmup",
            "nnUNetTrainerCMEDL_teacherAhead", "nnUNetTrainerCMEDL_teacherAheadMasked",
            "nnUNetTrainerCMEDL_teacherAheadWarm", "nnUNetTrainerCMEDL_warmMasked",
-           "nnUNetTrainerCMEDL_warmTumourMasked", "nnUNetTrainerCMEDL_warmOutputHint", "nnUNetTrainerCMEDL_tseg5",
+           "nnUNetTrainerCMEDL_warmTumourMasked", "nnUNetTrainerCMEDL_warmOutputHint",
+           "nnUNetTrainerCMEDL_warmAfterOnset", "nnUNetTrainerCMEDL_tseg5",
            "nnUNetTrainerCMEDL_hintNorm",
            "nnUNetTrainerPseudoMRI", "nnUNetTrainerCTPseudoMRI", "nnUNetTrainerPseudoMRI_tinyCPU",
            "nnUNetTrainerCTPseudoMRI_tinyCPU",

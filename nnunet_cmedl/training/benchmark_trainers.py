@@ -27,6 +27,7 @@ METHODS = {
     "CMEDL_warmMasked": variants.nnUNetTrainerCMEDL_warmMasked,
     "CMEDL_warmTumourMasked": variants.nnUNetTrainerCMEDL_warmTumourMasked,
     "CMEDL_warmOutputHint": variants.nnUNetTrainerCMEDL_warmOutputHint,
+    "CMEDL_warmAfterOnset": variants.nnUNetTrainerCMEDL_warmAfterOnset,
     "CMEDL_tseg5": variants.nnUNetTrainerCMEDL_tseg5,
     "CMEDL_hintNorm": variants.nnUNetTrainerCMEDL_hintNorm,
     "CMEDL_identity": variants.nnUNetTrainerCMEDL_identity,
@@ -65,7 +66,7 @@ SEEDS = range(10)
 # shared by every seed (nnunet_cmedl benchmark trains it first)
 WARM_STARTS = {method: ("CMEDL_noHint", 0)
                for method in ("CMEDL_teacherAheadWarm", "CMEDL_warmMasked", "CMEDL_warmTumourMasked",
-                              "CMEDL_warmOutputHint")}
+                              "CMEDL_warmOutputHint", "CMEDL_warmAfterOnset")}
 
 
 def trainer_name(method: str, budget: str, seed: int) -> str:

@@ -98,9 +98,12 @@ class nnUNetTrainerCMEDL(ExperimentMixin, nnUNetTrainer):
         # When the hint starts (issue 8: a hint toward an untrained teacher delays the student). warm-up: lambda_hint
         # ramps linearly from 0 over this many epochs (0: full weight from the start, as in CMEDL's code);
         # 'teacher_ahead': the hint is on only in epochs after a validation in which the teacher's pseudo-Dice on
-        # pMRI exceeded the student's on CT ('always': CMEDL)
+        # pMRI exceeded the student's on CT ('always': CMEDL); 'teacher_ahead_after_onset': the same, and only once the
+        # student has begun to segment (a validation pseudo-Dice above hint_onset_dice in some epoch so far): with a
+        # warm teacher the hint delayed the student's first segmentations by 2-12 epochs (issue 8, stop 21)
         self.hint_warmup_epochs = 0
         self.hint_gate = 'always'
+        self.hint_onset_dice = 0.05
         # 'none': MSE of the raw features (CMEDL); 'channel': each feature map standardised per sample and channel
         # over space first (instance norm without affine), so the hint matches patterns, not magnitudes
         self.hint_normalisation = 'none'
@@ -445,14 +448,18 @@ class nnUNetTrainerCMEDL(ExperimentMixin, nnUNetTrainer):
         weight = self.lambda_hint
         if self.hint_warmup_epochs > 0:
             weight *= min(1.0, epoch / self.hint_warmup_epochs)
-        if self.hint_gate == 'teacher_ahead':
+        if self.hint_gate in ('teacher_ahead', 'teacher_ahead_after_onset'):
             logs = self.logger.local_logger.my_fantastic_logging
             teacher, student = logs.get('cmedl_teacher_pseudo_dice_pmri', []), logs.get('dice_per_class_or_region', [])
             if not teacher or not student or not np.isfinite(teacher[-1]) \
                     or not teacher[-1] > float(np.nanmean(student[-1])):
                 weight = 0.0
+            if self.hint_gate == 'teacher_ahead_after_onset' and \
+                    not any(float(np.nanmean(d)) > self.hint_onset_dice for d in student):
+                weight = 0.0
         elif self.hint_gate != 'always':
-            raise ValueError(f"hint_gate {self.hint_gate!r}: expected 'always' or 'teacher_ahead'")
+            raise ValueError(f"hint_gate {self.hint_gate!r}: expected 'always', 'teacher_ahead' or "
+                             f"'teacher_ahead_after_onset'")
         return weight
 
     def on_train_epoch_end(self, train_outputs: List[dict]):

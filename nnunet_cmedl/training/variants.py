@@ -328,6 +328,16 @@ class nnUNetTrainerCMEDL_warmOutputHint(nnUNetTrainerCMEDL_warmMasked):
         self.hint_target = 'outputs'
 
 
+class nnUNetTrainerCMEDL_warmAfterOnset(nnUNetTrainerCMEDL_teacherAheadWarm):
+    """teacherAheadWarm whose hint waits until the student has begun to segment (validation pseudo-Dice above 0.05):
+    in stop 21 every warm hint delayed that onset, and the student never caught up (issue 8)."""
+
+    def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
+                 device: torch.device = torch.device('cuda')):
+        super().__init__(plans, configuration, fold, dataset_json, device)
+        self.hint_gate = 'teacher_ahead_after_onset'
+
+
 class nnUNetTrainer_reseedAt20(ExperimentMixin, nnUNetTrainer):
     """Plain nnU-Net whose random streams are reseeded at the start of epoch 20 (of the benchmark's 40): the control
     for a matched pair, whose runs part where CMEDL's hint gate first opens (epochs 13-22 at the cpu budget)."""
