@@ -22,14 +22,16 @@ rm -rf "$out" && mkdir -p "$out/whl" "$out/site"
 platforms="--platform manylinux_2_28_x86_64 --platform manylinux_2_27_x86_64 --platform manylinux_2_24_x86_64
            --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64"
 version() { "$py" -c "import importlib.metadata as m; print(m.version('$1'))"; }
+wheel() {
+    "$py" -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp $platforms \
+        -d "$out/whl" "$1" 2>&1 | grep -v "^WARNING: Location" || true
+}
 for pkg in nnunetv2 dynamic_network_architectures batchgenerators batchgeneratorsv2 blosc2 pydantic pydantic_core \
            nibabel yacs graphviz; do
-    "$py" -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp $platforms \
-        -d "$out/whl" "$pkg==$(version $pkg)" 2>&1 | grep -v "^WARNING: Location" || true
+    wheel "$pkg==$(version $pkg)"
 done
 for pkg in ndindex numexpr annotated-types typing-inspection; do  # batchgenerators' future, unittest2: unused
-    "$py" -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp $platforms \
-        -d "$out/whl" "$pkg" 2>&1 | grep -v "^WARNING: Location" || true
+    wheel "$pkg"
 done
 
 # 2. acvl_utils from its sdist; stand-ins

@@ -125,12 +125,10 @@ def teacher_correct_mask(output, target, has_regions: bool = False, foreground_o
     with torch.no_grad():
         if has_regions:
             correct = ((output > 0) == (target > 0.5)).all(1, keepdim=True)
-            foreground = (target > 0.5).any(1, keepdim=True)
         else:
             correct = output.argmax(1, keepdim=True) == target.long()
-            foreground = target.long() > 0  # the ignore label is never correct (no output channel)
-        if foreground_only:
-            correct &= foreground
+        if foreground_only:  # the ignore label is never correct (no output channel)
+            correct &= (target > 0.5).any(1, keepdim=True) if has_regions else target.long() > 0
     return correct.float()
 
 
