@@ -19,7 +19,8 @@ Usage:
 A run is METHOD:BUDGET:SEED[:NICE] (METHOD from training/benchmark_trainers.py's METHODS, or nnU-Net_4xLabels for
 the 4x-label reference on fold 1; BUDGET benchCPU, benchLong, benchSmoke, ...; NICE: CPU priority, higher runs
 later when the CPU is short). Each run trains through the stock nnUNetv2_train (nnUNet_n_proc_DA=0: batches in the
-trainer's process, seeded; no torch.compile), then its checkpoints predict the test images, the final one first.
+trainer's process, seeded; no torch.compile; no nnU-Net validation of the fold), then its checkpoints predict the
+test images, the final one first.
 At --deadline seconds whatever still runs is stopped and reported as unfinished; then the bundles are written into
 W/gpu_benchmark_bundles/, in parts of at most ~14 MB (a GPU machine returns files of limited size), most needed first:
   bundle_1_results_<N>.tgz   predictions/<trainer>_fold<F>/<checkpoint>/ with their completion markers (and, of a
@@ -305,6 +306,7 @@ def main(argv=None) -> int:
     steps, data = setting(a.workdir, a.device, a.dataset_id, a.configuration)
     a.out.mkdir(parents=True, exist_ok=True)
     env = dict(steps.env, nnUNet_n_proc_DA="0", nnUNet_compile="false", OMP_NUM_THREADS="1",
+               nnUNet_cmedl_skip_final_validation="1",  # the test cases are predicted below
                PYTHONPATH=os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])))
     logs = a.workdir / "gpu_benchmark_logs"  # one per run, into bundle_runs.tgz (few files come back from a GPU)
     logs.mkdir(exist_ok=True)

@@ -4,7 +4,8 @@
 # carried benchmark workdir (give the runs a NICE, e.g. nnU-Net:benchCPU:0:4). Everything it returns is in $OUT:
 # cuda_tests.log (with the device), gpu_benchmark.log, gpu_benchmark.json and the bundles that fit.
 #   run(command="bash scripts/gpu_session.sh nnU-Net:benchCPU:0:4 ...", carry=[".gpu"], timeout_s=...)
-# Environment: DEADLINE (s, default 450) for gpu_benchmark.py, TEST_S (s, default 400) for the tests, NO_TESTS=1;
+# Environment: DEADLINE (s, default 450) for gpu_benchmark.py, TEST_S (s, default 400) for the tests, TEST_K (pytest's
+# -k: a subset of the CUDA tests), NO_TESTS=1;
 # PY (default python3); DEVICE (default cuda; `DEVICE=cpu PY=.venv/bin/python OUT=/tmp/o` is a dry run here, no tests).
 set -uo pipefail
 repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -19,7 +20,7 @@ export PYTHONPATH="$repo:/tmp/site:$repo/.gpu/site" PATH="/tmp/site/bin:$PATH" P
 tmp="$(mktemp -d)" && tar xJf .gpu/bench.tar.xz -C "$tmp" && work="$tmp/bench" || exit 1
 if [ "$device" = cuda ] && [ -z "${NO_TESTS:-}" ]; then
     (nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv; echo "cpu cores: $(nproc)"
-     CMEDL_TEST_PREBUILT_DATASET="$repo/.gpu/testdata" PYTHON="$py" timeout "${TEST_S:-400}" bash scripts/gpu_check.sh
+     CMEDL_TEST_PREBUILT_DATASET="$repo/.gpu/testdata" PYTHON="$py" timeout "${TEST_S:-400}" bash scripts/gpu_check.sh ${TEST_K:+-k "$TEST_K"}
      echo "gpu_check.sh exit code $?") > "$out/cuda_tests.log" 2>&1 &
 fi
 # 8 files come back: cuda_tests.log, gpu_benchmark.log, and what gpu_benchmark.py hands back (its json + 5 bundles)

@@ -132,3 +132,32 @@ def test_a_warm_started_run_trains_after_the_run_it_starts_from(tmp_path, monkey
         else:
             assert order == ["CMEDL_noHint_0"] and warm.state.startswith("not started: its warm start")
         (tmp_path / "CMEDL_noHint_0").rename(tmp_path / f"old{fail}")
+
+
+def test_final_validation_is_skipped_only_when_asked(monkeypatch):
+    """gpu_benchmark.py's runs skip nnU-Net's validation of the fold (the environment variable); every other run of a
+    benchmark trainer validates as nnU-Net does."""
+    from nnunet_cmedl.training.experiment import ExperimentMixin
+
+    class Base:
+        def __init__(self):
+            self.validated, self.log = [], []
+
+        def perform_actual_validation(self, save_probabilities=False):
+            self.validated.append(save_probabilities)
+
+        def print_to_log_file(self, *args):
+            self.log.append(" ".join(map(str, args)))
+
+    class Trainer(ExperimentMixin, Base):
+        pass
+
+    for value, validates in ((None, True), ("0", True), ("1", False)):
+        if value is None:
+            monkeypatch.delenv("nnUNet_cmedl_skip_final_validation", raising=False)
+        else:
+            monkeypatch.setenv("nnUNet_cmedl_skip_final_validation", value)
+        t = Trainer()
+        t.perform_actual_validation(True)
+        assert t.validated == ([True] if validates else []), value
+        assert any("skipped" in line for line in t.log) != validates

@@ -138,6 +138,15 @@ class ExperimentMixin:
                                    f"{self.current_epoch}")
         super().on_train_epoch_start()
 
+    def perform_actual_validation(self, save_probabilities: bool = False):
+        # nnUNetv2_train validates the fold after training; with nnUNet_cmedl_skip_final_validation=1 (set by
+        # scripts/gpu_benchmark.py, which predicts the test cases itself) it does not: on a bare GPU machine that
+        # validation cannot write its images and spends minutes of the deadline (docs/benchmark/stop21/GPU_RUN.md)
+        if os.environ.get('nnUNet_cmedl_skip_final_validation', '0') not in ('', '0', 'false'):
+            self.print_to_log_file("nnU-Net's final validation skipped (nnUNet_cmedl_skip_final_validation)")
+            return
+        return super().perform_actual_validation(save_probabilities)
+
     def on_epoch_end(self):
         epoch = self.current_epoch  # nnU-Net's on_epoch_end increments it
         super().on_epoch_end()
