@@ -34,5 +34,7 @@ fingerprint = {"spacings": [[1.25, 0.78, 0.78]] * n, "shapes_after_crop": shapes
                    "percentile_99_5": 800.0, "std": 300.0}}}
 json.dump(fingerprint, open(pre + "/dataset_fingerprint.json", "w"), indent=2)
 PY
-"$(dirname "$py")/nnUNetv2_plan_experiment" -d 991 "$@" > "$out/plan_experiment.log"
+# nnUNetv2_plan_experiment through $py (its console script need not sit beside $py, e.g. wheels installed with --target)
+"$py" -c 'import sys; from nnunetv2.experiment_planning.plan_and_preprocess_entrypoints import plan_experiment_entry
+sys.argv[0] = "nnUNetv2_plan_experiment"; sys.exit(plan_experiment_entry())' -d 991 "$@" > "$out/plan_experiment.log"
 ls "$nnUNet_preprocessed/$name"/*Plans*.json
