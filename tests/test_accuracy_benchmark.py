@@ -374,6 +374,34 @@ def test_the_teacher_is_scored_for_cmedl_runs_only(tmp_path):
         assert predict_teacher_on_pmri(FakeRun, tmp_path / "images", tmp_path, "cpu") is None
 
 
+def test_cached_scores_are_reused_only_for_the_predictions_they_were_computed_from(tmp_path, monkeypatch):
+    """Stop 22: a GPU bundle unpacked over a run's older predictions kept the old benchmark_metrics.json, and the
+    summary reported the old run's scores. A cache now holds only for the very files it scored."""
+    from nnunet_cmedl.evaluation import benchmark_report as br
+    folder = tmp_path / "checkpoint_final"
+    folder.mkdir()
+    (folder / "case_000.nii.gz").write_bytes(b"first prediction")
+    scored = []
+
+    def fake_evaluate_folders(reference, pred, **kwargs):  # the real scorers need images; the caching is tested
+        content = (pred / "case_000.nii.gz").read_bytes()
+        scored.append(content)
+        return {"per_case": [{"case": "case_000", "label": 1, "dsc": len(content) / 100, "sdsc": 0.0, "hd95": 1.0}]}
+
+    monkeypatch.setattr(br, "evaluate_folders", fake_evaluate_folders)
+    monkeypatch.setattr(br.per_tumour, "tumour_rows", lambda labels, folders, metadata: [])
+    first = br.evaluate_prediction(tmp_path, folder, {}, "run")
+    assert br.evaluate_prediction(tmp_path, folder, {}, "run")["cases"] == first["cases"] and len(scored) == 1
+    (folder / "case_000.nii.gz").write_bytes(b"a replaced, longer prediction")  # same name, other content
+    second = br.evaluate_prediction(tmp_path, folder, {}, "run")
+    assert len(scored) == 2 and second["cases"][0]["dsc"] == len(b"a replaced, longer prediction") / 100
+    assert second["cases"][0]["dsc"] != first["cases"][0]["dsc"]
+    # a cache from before the fingerprint (no predictions_sha1) is scored again too
+    cache = folder / br.METRICS_CACHE
+    cache.write_text(json.dumps({"cases": first["cases"], "tumours": []}))
+    assert br.evaluate_prediction(tmp_path, folder, {}, "run")["cases"] == second["cases"] and len(scored) == 3
+
+
 def test_per_seed_table_gives_each_method_its_difference_to_the_baseline_at_the_same_seed():
     from nnunet_cmedl.evaluation.benchmark_report import per_seed_differences
     dsc = {"nnU-Net": {"seeds": [3, 4, 5], "per_seed": [0.2, 0.4, 0.3]},

@@ -12,6 +12,7 @@ negative control shows to be large, docs/BENCHMARK.md) is not in them. The run-l
                  baseline's; its unit is the training run.
 """
 import contextlib
+import hashlib
 import io
 import json
 import math
@@ -104,16 +105,32 @@ def predict_teacher_on_pmri(run, images: Path, workdir: Path, device: str, check
     return output
 
 
+METRICS_CACHE = "benchmark_metrics.json"
+
+
+def prediction_fingerprint(folder: Path) -> str:
+    """sha1 over the names and bytes of the files in a prediction folder (but the metrics cache)."""
+    digest = hashlib.sha1()
+    for f in sorted(p for p in folder.iterdir() if p.is_file() and p.name != METRICS_CACHE):
+        digest.update(f.name.encode() + b"\0" + f.read_bytes())
+    return digest.hexdigest()
+
+
 def evaluate_prediction(labels: Path, folder: Path, metadata: dict, key: str) -> dict:
-    """Per-case DSC/sDSC/HD95 and per-tumour rows of one prediction folder (cached beside it)."""
-    cache = folder / "benchmark_metrics.json"
+    """Per-case DSC/sDSC/HD95 and per-tumour rows of one prediction folder, cached beside it for the predictions they
+    were computed from: predictions replaced later (e.g. a GPU bundle unpacked over older ones, stop 22) are scored
+    again, never given the old scores."""
+    cache = folder / METRICS_CACHE
+    fingerprint = prediction_fingerprint(folder)
     if cache.is_file():
-        return json.loads(cache.read_text())
+        cached = json.loads(cache.read_text())
+        if cached.get("predictions_sha1") == fingerprint:
+            return cached
     cases = evaluate_folders(labels, folder, labels=[1], tolerance_mm=2.0)
     case_rows = [{"case": r["case"], **{k: r.get(k) for k in ("dsc", "sdsc", "hd95")}}
                  for r in cases["per_case"] if r.get("label") in (1, "1")]
     tumour_rows = per_tumour.tumour_rows(labels, {key: folder}, metadata)
-    result = {"cases": case_rows, "tumours": tumour_rows}
+    result = {"cases": case_rows, "tumours": tumour_rows, "predictions_sha1": fingerprint}
     with atomic_file(cache) as f:
         json.dump(result, f, default=float)
     return result
