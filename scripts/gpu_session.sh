@@ -20,7 +20,8 @@ export PYTHONPATH="$repo:/tmp/site:$repo/.gpu/site" PATH="/tmp/site/bin:$PATH" P
 tmp="$(mktemp -d)" && tar xJf .gpu/bench.tar.xz -C "$tmp" && work="$tmp/bench" || exit 1
 if [ "$device" = cuda ] && [ -z "${NO_TESTS:-}" ]; then
     (nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv; echo "cpu cores: $(nproc)"
-     CMEDL_TEST_PREBUILT_DATASET="$repo/.gpu/testdata" PYTHON="$py" timeout "${TEST_S:-400}" bash scripts/gpu_check.sh ${TEST_K:+-k "$TEST_K"}
+     CMEDL_TEST_PREBUILT_DATASET="$repo/.gpu/testdata" PYTHON="$py" timeout "${TEST_S:-400}" \
+         bash scripts/gpu_check.sh ${TEST_K:+-k "$TEST_K"}
      echo "gpu_check.sh exit code $?") > "$out/cuda_tests.log" 2>&1 &
 fi
 # 8 files come back: cuda_tests.log, gpu_benchmark.log, and what gpu_benchmark.py hands back (its json + 5 bundles)
