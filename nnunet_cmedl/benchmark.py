@@ -175,6 +175,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="train nothing: evaluate the runs that have finished (e.g. while others still train)")
     p.add_argument("--curve-epochs", nargs="+", type=int,
                    help="intermediate checkpoints (epochs) to evaluate for the learning curves (default: all saved)")
+    p.add_argument("--final-validation", action="store_true",
+                   help="let nnUNetv2_train run nnU-Net's validation after training (off: the benchmark scores the "
+                        "test cases, and nothing reads that validation; it costs about 40 s per run on 2 CPU cores)")
     p.add_argument("--no-panels", action="store_true", help="skip the case panels of CMEDL (seed of its first run)")
     return p
 
@@ -197,6 +200,8 @@ def main(argv=None) -> int:
     steps = pipeline.make_steps(workdir, device)
     if device == "cpu" and "nnUNet_n_proc_DA" not in os.environ:
         steps.env["nnUNet_n_proc_DA"] = "0"  # batches in the trainer's process: a seeded run repeats exactly
+    if not a.final_validation:  # the benchmark trainers' ExperimentMixin reads it
+        steps.env["nnUNet_cmedl_skip_final_validation"] = "1"
     print(f"nnunet-cmedl benchmark: budget {a.budget}, methods {', '.join(methods)}, seeds {seeds}, reference "
           f"seeds {reference_seeds}, device {device}, workdir {workdir}")
     num_train = budget["n_labelled"] * budget["reference_factor"] + budget["n_val"]

@@ -350,6 +350,33 @@ def test_benchmark_evaluates_every_checkpoint_of_a_run_on_the_test_set(planned_d
     benchmark_report.write_summary(summary, tmp_path)
     assert "hard (n=" in (tmp_path / "benchmark_summary.md").read_text()
     assert "teacher on pMRI" in (tmp_path / "benchmark_summary.md").read_text()
+    # another run whose student has the same weights (CMEDL_noHint vs plain nnU-Net at one seed, on the CPU): its
+    # predictions are copied, not predicted again; a single changed weight is predicted
+    predicted = tmp_path / "predictions" / f"{cls.__name__}_fold0" / "checkpoint_final"
+    import shutil
+    twin = FakeRun()
+    twin.trainer = "nnUNetTrainerCMEDL_noHint_benchCPU_seed0"
+    twin.folder = tmp_path / "twin" / folder.parent.name.replace(cls.__name__, twin.trainer) / "fold_0"
+    shutil.copytree(folder.parent, twin.folder.parent)
+
+    class NoPredictor:
+        def __init__(self, *args, **kwargs):
+            raise AssertionError("predicted again")
+    import nnunetv2.inference.predict_from_raw_data as nnunet_predict
+    monkeypatch.setattr(nnunet_predict, "nnUNetPredictor", NoPredictor)
+    twin_out = tmp_path / "predictions" / f"{twin.trainer}_fold0" / "checkpoint_final"
+    benchmark_report.predict_checkpoint(twin, "checkpoint_final.pth", data.raw_folder / "imagesTs", twin_out, "cpu")
+    cases = sorted(p.name for p in predicted.glob("*.nii.gz"))
+    assert sorted(p.name for p in twin_out.glob("*.nii.gz")) == cases and len(cases) == n_cases
+    assert all((twin_out / c).read_bytes() == (predicted / c).read_bytes() for c in cases)
+    assert "copied from" in (twin_out / benchmark_report.COMPLETE).read_text()
+    changed = torch.load(twin.folder / "checkpoint_epoch_0002.pth", map_location="cpu", weights_only=False)
+    key = next(k for k in changed["network_weights"] if k.endswith("weight"))
+    changed["network_weights"][key].view(-1)[0] += 1e-3
+    torch.save(changed, twin.folder / "checkpoint_epoch_0002.pth")
+    with pytest.raises(AssertionError, match="predicted again"):
+        benchmark_report.predict_checkpoint(twin, "checkpoint_epoch_0002.pth", data.raw_folder / "imagesTs",
+                                            twin_out.parent / "checkpoint_epoch_0002", "cpu")
     # a run predicted elsewhere (scripts/gpu_benchmark.py brings back predictions, not curve checkpoints): its
     # complete prediction folders stand for the checkpoints; an incomplete one does not
     (folder / "checkpoint_epoch_0002.pth").unlink()
@@ -498,3 +525,23 @@ def test_benchmark_cli_refuses_seeds_without_trainers(capsys):
     assert main(["benchmark", "--seeds", "0", str(SEEDS.stop), "--workdir", "/nonexistent/x"]) != 0
     err = capsys.readouterr().err
     assert f"seeds {SEEDS.start}-{SEEDS.stop - 1}" in err and "Traceback" not in err
+
+
+def test_benchmark_skips_nnunets_final_validation_unless_asked(monkeypatch, tmp_path):
+    """The benchmark scores the test cases; nnU-Net's validation after training is read by nothing and cost about
+    40 s per CPU run (9 of the default benchmark's minutes). --final-validation keeps it."""
+    from nnunet_cmedl import benchmark, pipeline
+
+    class Stop(Exception):
+        pass
+    seen = []
+
+    def fake_prepare(steps, *args, **kwargs):
+        seen.append(steps.env.get("nnUNet_cmedl_skip_final_validation"))
+        raise Stop
+    monkeypatch.setattr(pipeline, "prepare_dataset", fake_prepare)
+    monkeypatch.delenv("nnUNet_cmedl_skip_final_validation", raising=False)
+    for extra in ([], ["--final-validation"]):
+        with pytest.raises(Stop):
+            benchmark.main(["--workdir", str(tmp_path / "w"), "--device", "cpu"] + extra)
+    assert seen == ["1", None]

@@ -58,21 +58,68 @@ def checkpoints(run, workdir: Path, curve_epochs=None) -> list:
         + [(final, "checkpoint_final.pth")]
 
 
+STUDENT_SHA1 = ".benchmark_student_sha1"
+
+
+def student_fingerprint(run, checkpoint: str):
+    """sha1 over what decides a checkpoint's test predictions: the student's weights, the run's plans.json and
+    dataset.json and its configuration (the predictor's settings are the benchmark's own, fixed). None where the
+    checkpoint file is not here (a run predicted elsewhere)."""
+    path = run.folder / checkpoint
+    if not path.is_file():
+        return None
+    import torch
+    digest = hashlib.sha1()
+    for name, tensor in sorted(load_checkpoint(path)["network_weights"].items()):
+        digest.update(name.encode() + b"\0" + str(tensor.dtype).encode())
+        digest.update(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+    for name in ("plans.json", "dataset.json"):
+        digest.update((run.folder.parent / name).read_bytes())
+    digest.update(run.folder.parent.name.split("__")[-1].encode())
+    return digest.hexdigest()
+
+
+def reuse_identical_predictions(output: Path, fingerprint: str) -> bool:
+    """Copy the complete test predictions of another checkpoint with the same student (``student_fingerprint``)
+    into ``output``: the same network predicts the same segmentations, so predicting again only costs time (on the
+    CPU, CMEDL_noHint's student is plain nnU-Net's bit for bit at each seed). True if it did."""
+    for key_file in sorted(output.parent.parent.glob(f"*/*/{STUDENT_SHA1}")):
+        source = key_file.parent
+        if source == output or key_file.read_text().strip() != fingerprint or not (source / COMPLETE).is_file():
+            continue
+        output.mkdir(parents=True, exist_ok=True)
+        for f in source.iterdir():
+            if f.is_file() and f.name not in (COMPLETE, METRICS_CACHE, STUDENT_SHA1):
+                with atomic_file(output / f.name, mode="wb") as out:
+                    out.write(f.read_bytes())
+        (output / STUDENT_SHA1).write_text(fingerprint + "\n")
+        (output / COMPLETE).write_text(f"copied from {source} (the same student weights, plans and configuration)\n")
+        return True
+    return False
+
+
 def predict_checkpoint(run, checkpoint: str, images: Path, output: Path, device: str) -> Path:
-    """The test images through nnU-Net's predictor (what nnUNetv2_predict runs), tile step 0.5, no TTA."""
+    """The test images through nnU-Net's predictor (what nnUNetv2_predict runs), tile step 0.5, no TTA; or a copy
+    of the predictions of a checkpoint with the same student weights (``reuse_identical_predictions``)."""
     if (output / COMPLETE).is_file():
+        return output
+    fingerprint = student_fingerprint(run, checkpoint)
+    if fingerprint is not None and reuse_identical_predictions(output, fingerprint):
         return output
     import torch
     from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
-    predictor = nnUNetPredictor(tile_step_size=0.5, use_gaussian=True, use_mirroring=False,
-                                perform_everything_on_device=device != "cpu", device=torch.device(device),
-                                verbose=False, allow_tqdm=False)
+    with contextlib.redirect_stdout(io.StringIO()):  # on the CPU it says perform_everything_on_device is off
+        predictor = nnUNetPredictor(tile_step_size=0.5, use_gaussian=True, use_mirroring=False,
+                                    perform_everything_on_device=device != "cpu", device=torch.device(device),
+                                    verbose=False, allow_tqdm=False)
     with trainers_visible_to_nnunet():
         predictor.initialize_from_trained_model_folder(str(run.folder.parent), use_folds=(run.fold,),
                                                        checkpoint_name=checkpoint)
     output.mkdir(parents=True, exist_ok=True)
     with contextlib.redirect_stdout(io.StringIO()):  # the sequential predictor prints a line per case
         predictor.predict_from_files_sequential(str(images), str(output), save_probabilities=False, overwrite=True)
+    if fingerprint is not None:
+        (output / STUDENT_SHA1).write_text(fingerprint + "\n")
     (output / COMPLETE).write_text(f"{run.trainer} fold {run.fold} {checkpoint}\n")
     return output
 

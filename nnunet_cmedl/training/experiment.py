@@ -139,9 +139,10 @@ class ExperimentMixin:
         super().on_train_epoch_start()
 
     def perform_actual_validation(self, save_probabilities: bool = False):
-        # nnUNetv2_train validates the fold after training; with nnUNet_cmedl_skip_final_validation=1 (set by
-        # scripts/gpu_benchmark.py, which predicts the test cases itself) it does not: on a bare GPU machine that
-        # validation cannot write its images and spends minutes of the deadline (docs/benchmark/stop21/GPU_RUN.md)
+        # nnUNetv2_train validates the fold after training; with nnUNet_cmedl_skip_final_validation=1 it does not.
+        # Set by scripts/gpu_benchmark.py (on a bare GPU machine that validation cannot write its images and spent
+        # minutes of the deadline, docs/benchmark/stop21/GPU_RUN.md) and by `nnunet_cmedl benchmark` without
+        # --final-validation (it scores the test cases; the validation cost about 40 s of each CPU run, stop 23)
         if os.environ.get('nnUNet_cmedl_skip_final_validation', '0') not in ('', '0', 'false'):
             self.print_to_log_file("nnU-Net's final validation skipped (nnUNet_cmedl_skip_final_validation)")
             return
