@@ -108,11 +108,11 @@ def predict_checkpoint(run, checkpoint: str, images: Path, output: Path, device:
         return output
     import torch
     from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
-    with contextlib.redirect_stdout(io.StringIO()):  # on the CPU it says perform_everything_on_device is off
+    # quiet: on the CPU nnU-Net says perform_everything_on_device is off, and its trainer lookup where it searched
+    with contextlib.redirect_stdout(io.StringIO()), trainers_visible_to_nnunet():
         predictor = nnUNetPredictor(tile_step_size=0.5, use_gaussian=True, use_mirroring=False,
                                     perform_everything_on_device=device != "cpu", device=torch.device(device),
                                     verbose=False, allow_tqdm=False)
-    with trainers_visible_to_nnunet():
         predictor.initialize_from_trained_model_folder(str(run.folder.parent), use_folds=(run.fold,),
                                                        checkpoint_name=checkpoint)
     output.mkdir(parents=True, exist_ok=True)
