@@ -9,8 +9,10 @@ What it does (every step reuses what a previous run with the same settings finis
      1) checks that the hard tumours carry a CT signal that more labels let a CT-only network learn;
   3. training through the stock ``nnUNetv2_train``: each method x seed is one trainer class
      (``training/benchmark_trainers.py``), same data, fold, budget and seeds; light checkpoints every few epochs;
+     nnU-Net's validation after training is skipped (nothing here reads it) unless --final-validation;
   4. test predictions with nnU-Net's own predictor (what ``nnUNetv2_predict`` runs; tile step 0.5, no TTA) from the
-     final checkpoint and from every intermediate one (learning curves);
+     final checkpoint and from every intermediate one (learning curves); a checkpoint whose student weights equal
+     one already predicted (CMEDL_noHint's student is plain nnU-Net's bit for bit on the CPU) gets a copy;
   5. evaluation: per case and per tumour (hard = mediastinal, easy = lung; phantom metadata) DSC, surface Dice at
      2 mm, HD95, recall; paired Wilcoxon tests against plain nnU-Net, per tumour and per case, pooled over seeds in
      two ways (``seed-averaged``: each tumour's metric averaged over seeds, one pair per tumour; ``pooled``: one pair
@@ -22,8 +24,9 @@ Settings (which methods, which hint options) are chosen by the validation pseudo
 in the figures); the test set is only predicted with trained models, never used to pick settings.
 
 Budgets:
-  cpu (default): 2d, 64x64 patches, batch 8, at most 32 feature maps; 40 epochs x 30 iterations (1200), checkpoints
-                 every 10 epochs; 10 labelled cases (+40 for the reference), 4 validation, 20 test, 16 MRI;
+  cpu (default): about 85 min on 2 CPU cores (docs/BENCHMARK.md); 2d, 64x64 patches, batch 8, at most 32 feature
+                 maps; 40 epochs x 30 iterations (1200), checkpoints every 10 epochs; 10 labelled cases (+40 for the
+                 reference), 4 validation, 20 test, 16 MRI;
                  methods nnU-Net, CMEDL, CMEDL_noHint, CMEDL_FastCUT; seeds 0 1 2; reference seed 0.
   long:          the cpu budget's data and setting, 120 epochs (3600 iterations), checkpoints every 20 epochs;
                  methods nnU-Net, CMEDL; seed 0 (scripts/gpu_benchmark.py trains it on a GPU beside the cpu runs).
