@@ -120,12 +120,12 @@ def finished(run: Run, data: pipeline.PreparedDataset, steps) -> bool:
 
 def with_warm_starts(runs: list, data, steps) -> list:
     """The runs, each warm-started one preceded by the run it starts from (benchmark_trainers.WARM_STARTS), once."""
-    from nnunet_cmedl.training.benchmark_trainers import WARM_STARTS
+    from nnunet_cmedl.training.benchmark_trainers import warm_start_source
     out = []
     for run in runs:
-        if run.method in WARM_STARTS:
-            method, seed = WARM_STARTS[run.method]
-            source = Run(method, seed, run.fold, run.budget, data, steps)
+        if warm_start_source(run.method, run.budget):
+            method, seed, budget = warm_start_source(run.method, run.budget)
+            source = Run(method, seed, run.fold, budget, data, steps)
             if all(r.trainer != source.trainer or r.fold != source.fold for r in out):
                 out.append(source)
         if all(r.trainer != run.trainer or r.fold != run.fold for r in out):

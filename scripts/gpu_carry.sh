@@ -84,22 +84,21 @@ r = dst / "nnUNet_raw" / pre.name
 r.mkdir(parents=True)
 shutil.copy2(raw / "dataset.json", r)
 shutil.copytree(raw / "imagesTs", r / "imagesTs")
-from nnunet_cmedl.training.benchmark_trainers import WARM_STARTS, BUDGETS, trainer_name
-for budget in BUDGETS:
-    for method, seed in set(WARM_STARTS.values()):
-        for run in (src / "nnUNet_results" / pre.name).glob(f"{trainer_name(method, budget, seed)}__*"):
-            ck = run / "fold_0" / "checkpoint_final.pth"
-            if ck.is_file():
-                c = torch.load(ck, map_location="cpu", weights_only=False)
-                keys = ("trainer_name", "current_epoch", "init_args", "cmedl_teacher_weights", "cmedl_i2i_method",
-                        "cmedl_i2i_weights", "cmedl_i2i_kwargs", "cmedl_i2i_state")
-                (dst / ck.relative_to(src)).parent.mkdir(parents=True)
-                light = {k: c[k] for k in keys if k in c}
-                for k in ("cmedl_teacher_weights", "cmedl_i2i_weights"):  # half the bytes; load_state_dict casts back
-                    light[k] = {n: t.half() if t.is_floating_point() else t for n, t in light[k].items()}
-                light["stripped_by"] = "scripts/gpu_carry.sh: teacher and I2I networks only, weights in float16"
-                torch.save(light, dst / ck.relative_to(src))
-                print(f"warm-start source: {ck.relative_to(src)} (teacher and I2I networks, float16)")
+from nnunet_cmedl.training.benchmark_trainers import WARM_STARTS, BUDGETS, trainer_name, warm_start_source
+for method, seed, budget in {warm_start_source(m, b) for m in WARM_STARTS for b in BUDGETS}:
+    for run in (src / "nnUNet_results" / pre.name).glob(f"{trainer_name(method, budget, seed)}__*"):
+        ck = run / "fold_0" / "checkpoint_final.pth"
+        if ck.is_file():
+            c = torch.load(ck, map_location="cpu", weights_only=False)
+            keys = ("trainer_name", "current_epoch", "init_args", "cmedl_teacher_weights", "cmedl_i2i_method",
+                    "cmedl_i2i_weights", "cmedl_i2i_kwargs", "cmedl_i2i_state")
+            (dst / ck.relative_to(src)).parent.mkdir(parents=True)
+            light = {k: c[k] for k in keys if k in c}
+            for k in ("cmedl_teacher_weights", "cmedl_i2i_weights"):  # half the bytes; load_state_dict casts back
+                light[k] = {n: t.half() if t.is_floating_point() else t for n, t in light[k].items()}
+            light["stripped_by"] = "scripts/gpu_carry.sh: teacher and I2I networks only, weights in float16"
+            torch.save(light, dst / ck.relative_to(src))
+            print(f"warm-start source: {ck.relative_to(src)} (teacher and I2I networks, float16)")
 EOF
 
 tar cf - -C "$out" bench | xz -T2 -9 > "$out/bench.tar.xz" && rm -rf "$out/bench"  # xz: about 10% less

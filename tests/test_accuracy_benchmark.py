@@ -499,6 +499,13 @@ def test_benchmark_and_demo_reuse_only_a_finished_run_of_the_same_trainer_config
         "nnUNetTrainer_benchCPU_seed3", "nnUNetTrainerCMEDL_noHint_benchCPU_seed0",
         "nnUNetTrainerCMEDL_teacherAheadWarm_benchCPU_seed3", "nnUNetTrainer_benchCPU_seed0",
         "nnUNetTrainerCMEDL_teacherAheadWarm_benchCPU_seed0"]
+    # one whose pre-training ran at another budget (3x longer): that run first, at its own budget
+    runs = benchmark.plan_runs(["CMEDL_longWarmAfterOnset"], [4, 5], [], "benchCPU", Data, Steps)
+    ordered = benchmark.with_warm_starts(runs, Data, Steps)
+    assert [(r.trainer, r.budget) for r in ordered] == [
+        ("nnUNetTrainerCMEDL_noHint_benchLong_seed3", "benchLong"),
+        ("nnUNetTrainerCMEDL_longWarmAfterOnset_benchCPU_seed4", "benchCPU"),
+        ("nnUNetTrainerCMEDL_longWarmAfterOnset_benchCPU_seed5", "benchCPU")]
 
 
 def test_demo_and_benchmark_reuse_a_synthetic_dataset_only_with_the_same_settings(tmp_path):

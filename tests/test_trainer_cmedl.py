@@ -256,6 +256,10 @@ def test_warm_start_takes_the_i2i_networks_and_the_teacher_not_the_student(plann
     from nnunet_cmedl.training.benchmark_trainers import nnUNetTrainerCMEDL_teacherAheadWarm_benchCPU_seed3 as Bench
     assert make_trainer(planned_dataset, Bench, SMALL_2D, monkeypatch).warm_start == \
         "nnUNetTrainerCMEDL_noHint_benchCPU_seed0"  # the benchmark's pre-training run of the same budget
+    from nnunet_cmedl.training.benchmark_trainers import nnUNetTrainerCMEDL_longWarmAfterOnset_benchCPU_seed4 as Long
+    long_warm = make_trainer(planned_dataset, Long, SMALL_2D, monkeypatch)
+    assert long_warm.warm_start == "nnUNetTrainerCMEDL_noHint_benchLong_seed3"  # 3x longer pre-training (stop 23)
+    assert long_warm.hint_gate == "teacher_ahead_after_onset" and long_warm.num_epochs == 40
     # the stock CLI: the environment variable
     monkeypatch.setenv("nnUNet_cmedl_warm_start", str(pre))
     assert make_trainer(planned_dataset, nnUNetTrainerCMEDL_tinyCPU, SMALL_2D, monkeypatch).warm_start == str(pre)

@@ -62,11 +62,30 @@ BUDGETS = {
                      curve_checkpoint_every=10, cmedl={}),
 }
 SEEDS = range(10)
-# method -> the method whose run at the same budget, seed 0, it warm-starts from (``warm_start``): one pre-training
-# shared by every seed (nnunet_cmedl benchmark trains it first)
-WARM_STARTS = {method: ("CMEDL_noHint", 0)
+# method -> (method, seed, budget) of the run it warm-starts from (``warm_start``; budget None: the same budget): one
+# pre-training shared by every seed (nnunet_cmedl benchmark trains it first)
+WARM_STARTS = {method: ("CMEDL_noHint", 0, None)
                for method in ("CMEDL_teacherAheadWarm", "CMEDL_warmMasked", "CMEDL_warmTumourMasked",
                               "CMEDL_warmOutputHint", "CMEDL_warmAfterOnset")}
+# stop 23: the pre-training trained 3x as long (3600 iterations), so that the generator renders the lung tumours:
+# does a teacher that is ahead on more tumours teach the student more? Seed 3: beside plain nnU-Net's benchLong seed 3
+WARM_STARTS["CMEDL_longWarmAfterOnset"] = ("CMEDL_noHint", 3, "benchLong")
+
+
+class nnUNetTrainerCMEDL_longWarmAfterOnset(variants.nnUNetTrainerCMEDL_warmAfterOnset):
+    """warmAfterOnset under its own name, for the benchmark's runs warm-started from a 3x longer pre-training
+    (WARM_STARTS). Used directly, it is warmAfterOnset."""
+
+
+METHODS["CMEDL_longWarmAfterOnset"] = nnUNetTrainerCMEDL_longWarmAfterOnset
+
+
+def warm_start_source(method: str, budget: str):
+    """(method, seed, budget) of the run that ``method`` at ``budget`` warm-starts from; None if it starts fresh."""
+    if method not in WARM_STARTS:
+        return None
+    source_method, seed, source_budget = WARM_STARTS[method]
+    return source_method, seed, source_budget or budget
 
 
 def trainer_name(method: str, budget: str, seed: int) -> str:
@@ -86,7 +105,8 @@ def _make(method: str, budget: str, seed: int) -> type:
             setattr(self, k, v)
         self.seed = seed
         if method in WARM_STARTS:
-            self.warm_start = trainer_name(WARM_STARTS[method][0], budget, WARM_STARTS[method][1])
+            source_method, source_seed, source_budget = warm_start_source(method, budget)
+            self.warm_start = trainer_name(source_method, source_budget, source_seed)
 
     name = trainer_name(method, budget, seed)
     bases = (base,) if issubclass(base, ExperimentMixin) else (ExperimentMixin, base)
