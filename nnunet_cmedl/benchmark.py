@@ -123,9 +123,9 @@ def with_warm_starts(runs: list, data, steps) -> list:
     from nnunet_cmedl.training.benchmark_trainers import warm_start_source
     out = []
     for run in runs:
-        if warm_start_source(run.method, run.budget):
-            method, seed, budget = warm_start_source(run.method, run.budget)
-            source = Run(method, seed, run.fold, budget, data, steps)
+        origin = warm_start_source(run.method, run.budget)
+        if origin:
+            source = Run(origin[0], origin[1], run.fold, origin[2], data, steps)
             if all(r.trainer != source.trainer or r.fold != source.fold for r in out):
                 out.append(source)
         if all(r.trainer != run.trainer or r.fold != run.fold for r in out):
@@ -203,8 +203,8 @@ def main(argv=None) -> int:
     steps = pipeline.make_steps(workdir, device)
     if device == "cpu" and "nnUNet_n_proc_DA" not in os.environ:
         steps.env["nnUNet_n_proc_DA"] = "0"  # batches in the trainer's process: a seeded run repeats exactly
-    if not a.final_validation:  # the benchmark trainers' ExperimentMixin reads it
-        steps.env["nnUNet_cmedl_skip_final_validation"] = "1"
+    # the benchmark trainers' ExperimentMixin reads it (set either way: an exported value does not decide)
+    steps.env["nnUNet_cmedl_skip_final_validation"] = "0" if a.final_validation else "1"
     print(f"nnunet-cmedl benchmark: budget {a.budget}, methods {', '.join(methods)}, seeds {seeds}, reference "
           f"seeds {reference_seeds}, device {device}, workdir {workdir}")
     num_train = budget["n_labelled"] * budget["reference_factor"] + budget["n_val"]

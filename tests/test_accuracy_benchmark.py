@@ -547,8 +547,8 @@ def test_benchmark_skips_nnunets_final_validation_unless_asked(monkeypatch, tmp_
         seen.append(steps.env.get("nnUNet_cmedl_skip_final_validation"))
         raise Stop
     monkeypatch.setattr(pipeline, "prepare_dataset", fake_prepare)
-    monkeypatch.delenv("nnUNet_cmedl_skip_final_validation", raising=False)
+    monkeypatch.setenv("nnUNet_cmedl_skip_final_validation", "1")  # exported by the user: the flag still decides
     for extra in ([], ["--final-validation"]):
         with pytest.raises(Stop):
             benchmark.main(["--workdir", str(tmp_path / "w"), "--device", "cpu"] + extra)
-    assert seen == ["1", None]
+    assert seen == ["1", "0"]

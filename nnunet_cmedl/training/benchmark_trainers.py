@@ -104,9 +104,9 @@ def _make(method: str, budget: str, seed: int) -> type:
         for k, v in {**settings, **(cmedl_settings if isinstance(self, nnUNetTrainerCMEDL) else {})}.items():
             setattr(self, k, v)
         self.seed = seed
-        if method in WARM_STARTS:
-            source_method, source_seed, source_budget = warm_start_source(method, budget)
-            self.warm_start = trainer_name(source_method, source_budget, source_seed)
+        source = warm_start_source(method, budget)
+        if source:
+            self.warm_start = trainer_name(source[0], source[2], source[1])
 
     name = trainer_name(method, budget, seed)
     bases = (base,) if issubclass(base, ExperimentMixin) else (ExperimentMixin, base)
