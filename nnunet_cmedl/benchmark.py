@@ -3,7 +3,8 @@ synthetic thorax.
 
 What it does (every step reuses what a previous run with the same settings finished):
   1. data: the synthetic dataset (``make-synthetic``; hard tumours with the CT signal of ``--hard-ct-signal``),
-     nnU-Net's planning and preprocessing, a small configuration, the unpaired MRI preprocessed onto it;
+     nnU-Net's planning and preprocessing, a small configuration, the unpaired MRI preprocessed onto it; for the
+     CMEDL_pairedOracle* diagnostics also each CT patient's own MRI (``paired-mri``, which only a phantom has);
   2. splits (``splits_final.json``, written once): fold 0 trains on ``n_labelled`` cases (few labels), fold 1 on 4x
      as many; both validate on the same cases. Every method trains fold 0. The *reference* (plain nnU-Net on fold
      1) checks that the hard tumours carry a CT signal that more labels let a CT-only network learn;
@@ -210,6 +211,10 @@ def main(argv=None) -> int:
     num_train = budget["n_labelled"] * budget["reference_factor"] + budget["n_val"]
     data = pipeline.prepare_dataset(steps, a.dataset_id, budget["dim"], num_train, budget["num_test"],
                                     budget["num_mri"], a.data_seed, a.hard_ct_signal)
+    from nnunet_cmedl.training.benchmark_trainers import PAIRED_MRI_METHODS
+    if any(m in PAIRED_MRI_METHODS for m in methods):
+        steps.run("render the paired MRI of each CT phantom (an oracle for diagnostics) onto the configuration",
+                  pipeline.OURS + ["paired-mri", "-d", data.dataset_id, "-c", data.configuration, "--no-progress"])
     splits = benchmark_splits([p.name.removesuffix("_0000.nii.gz") for p in (data.raw_folder / "imagesTr").iterdir()],
                               budget["n_labelled"], budget["n_val"], budget["reference_factor"])
     write_splits(Path(steps.env["nnUNet_preprocessed"]) / data.dataset_name, splits)

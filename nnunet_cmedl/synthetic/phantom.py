@@ -58,7 +58,8 @@ REFERENCE_CT_VOXEL_MM3 = 5.0 * 3.0 * 3.0  # the voxel for which the CT noise sd 
 TUMOUR_EXTENT = 1.35  # every tumour shape lies within this many nominal radii of its centre
 SHELL_MM = 6.0  # contrasts are measured against the tissue within this distance of a tumour
 
-_STREAMS = {"ct_anatomy": 0, "ct_noise": 1, "mri_anatomy": 2, "mri_noise": 3, "ct_signal": 4}
+_STREAMS = {"ct_anatomy": 0, "ct_noise": 1, "mri_anatomy": 2, "mri_noise": 3, "ct_signal": 4,
+            "paired_mri_noise": 5}  # the last: the oracle MRI of a CT patient (paired_mri.py)
 # What sets a hard tumour apart in CT besides its faint texture ("none": nothing; its mean is within 4 HU of the
 # mediastinum and of its collapsed lung). "enhancing-atelectasis": as on contrast-enhanced CT, the collapsed lung
 # enhances more than the tumour, ATELECTASIS_ENHANCEMENT_HU above it, about one noise sd per voxel: the tumour's lung

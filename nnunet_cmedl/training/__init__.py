@@ -18,6 +18,8 @@ from nnunet_cmedl.training.variants import (nnUNetTrainer_cpuBudget, nnUNetTrain
                                             nnUNetTrainerCMEDL_tseg5, nnUNetTrainerCMEDL_hintNorm,
                                             nnUNetTrainerPseudoMRI_tinyCPU, nnUNetTrainerCTPseudoMRI_tinyCPU)
 from nnunet_cmedl.training.strategies import nnUNetTrainerCTPseudoMRI, nnUNetTrainerPseudoMRI
+from nnunet_cmedl.training.oracle import (nnUNetTrainerCMEDL_pairedOracle, nnUNetTrainerCMEDL_pairedOracleAfterOnset,
+                                         nnUNetTrainerCMEDL_pairedOracleNoHint)
 from nnunet_cmedl.training import benchmark_trainers
 from nnunet_cmedl.training.benchmark_trainers import *  # noqa: F401,F403  (generated: see that module)
 
@@ -34,5 +36,6 @@ __all__ = ["nnUNetTrainerCMEDL", "nnUNetTrainerCMEDL_5epochs", "nnUNetTrainerCME
            "nnUNetTrainerCMEDL_warmAfterOnset", "nnUNetTrainerCMEDL_tseg5",
            "nnUNetTrainerCMEDL_hintNorm",
            "nnUNetTrainerPseudoMRI", "nnUNetTrainerCTPseudoMRI", "nnUNetTrainerPseudoMRI_tinyCPU",
-           "nnUNetTrainerCTPseudoMRI_tinyCPU",
+           "nnUNetTrainerCTPseudoMRI_tinyCPU", "nnUNetTrainerCMEDL_pairedOracle",
+           "nnUNetTrainerCMEDL_pairedOracleNoHint", "nnUNetTrainerCMEDL_pairedOracleAfterOnset",
            *benchmark_trainers.__all__]

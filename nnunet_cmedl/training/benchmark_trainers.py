@@ -11,6 +11,7 @@ from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 from nnunet_cmedl.training import variants
 from nnunet_cmedl.training.experiment import ExperimentMixin
 from nnunet_cmedl.training.nnUNetTrainerCMEDL import nnUNetTrainerCMEDL
+from nnunet_cmedl.training.oracle import nnUNetTrainerCMEDL_pairedOracleAfterOnset, nnUNetTrainerCMEDL_pairedOracleNoHint
 from nnunet_cmedl.training.strategies import nnUNetTrainerCTPseudoMRI, nnUNetTrainerPseudoMRI
 
 # benchmark name -> trainer class (the first is the baseline)
@@ -37,7 +38,12 @@ METHODS = {
     # the paper's other strategies (strategies.py): no student, the generator + segmenter is what predicts
     "pMRI-only": nnUNetTrainerPseudoMRI,
     "CT+pMRI": nnUNetTrainerCTPseudoMRI,
+    # diagnostics, not methods (oracle.py): the teacher on each CT patient's own MRI, which only the phantom has
+    "CMEDL_pairedOracleNoHint": nnUNetTrainerCMEDL_pairedOracleNoHint,
+    "CMEDL_pairedOracleAfterOnset": nnUNetTrainerCMEDL_pairedOracleAfterOnset,
 }
+# methods whose batches need ``nnunet_cmedl paired-mri`` (the benchmark runs it when one of them is asked for)
+PAIRED_MRI_METHODS = ("CMEDL_pairedOracleNoHint", "CMEDL_pairedOracleAfterOnset")
 # budget -> attributes; I2I sizes apply to CMEDL trainers only
 BUDGETS = {
     # 2 CPU cores: 1200 iterations of batch 8 on 64x64 patches (nnunet_cmedl benchmark adds that configuration);
@@ -70,6 +76,8 @@ WARM_STARTS = {method: ("CMEDL_noHint", 0, None)
 # stop 23: the pre-training trained 3x as long (3600 iterations), so that the generator renders the lung tumours:
 # does a teacher that is ahead on more tumours teach the student more? Seed 3: beside plain nnU-Net's benchLong seed 3
 WARM_STARTS["CMEDL_longWarmAfterOnset"] = ("CMEDL_noHint", 3, "benchLong")
+# stop 24: the teacher trained on the true MRI of each CT patient (an oracle) is the warm start
+WARM_STARTS["CMEDL_pairedOracleAfterOnset"] = ("CMEDL_pairedOracleNoHint", 0, None)
 
 
 class nnUNetTrainerCMEDL_longWarmAfterOnset(variants.nnUNetTrainerCMEDL_warmAfterOnset):

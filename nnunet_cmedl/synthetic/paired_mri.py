@@ -1,0 +1,160 @@
+"""``nnunet_cmedl paired-mri``: the true MRI of each labelled phantom CT, preprocessed onto the CT (an oracle).
+
+A diagnostic, never a method: in practice the MRI is of other patients (unpaired), and no real dataset has it. The
+phantom knows each CT patient's anatomy, so it can render that patient's own T2w-like MRI on the CT grid, voxel for
+voxel aligned with the CT and its label. ``nnUNetTrainerCMEDL_pairedOracle`` (training/oracle.py) lets CMEDL's
+teacher segment it instead of the generator's pseudo-MRI: the best teacher the hint could ever pull toward. Whether
+the student gains from *that* teacher separates the two reasons why CMEDL has not helped on this phantom (issue 8):
+a generator that does not render the tumours, or a hint that does not pass on what a teacher knows.
+
+Each case goes through nnU-Net's own ``DefaultPreprocessor.run_case_npy`` as a two-channel image [CT, MRI]: one
+transpose, one crop and one resampling for both channels, the CT normalised as planned and the MRI like the unpaired
+MRI (z-score per image). The CT channel is then checked against the case nnU-Net preprocessed: equal, or the case is
+refused. The MRI channel is stored as ``<case>.npy`` (float32, shape (1, *case)) in
+``<preprocessed>/<dataset>/<data_identifier>__mri_paired_oracle/``, written atomically.
+"""
+import argparse
+import copy
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+
+from mri_unpaired.modality import get_modality
+from mri_unpaired.plans import resolve_configuration
+from mri_unpaired.preprocess import resolve_dataset
+from nnunet_cmedl.errors import UserInputError
+
+FOLDER_SUFFIX = "__mri_paired_oracle"
+# the CT channel of the two-channel preprocessing must equal nnU-Net's preprocessed case this closely
+ALIGNMENT_TOLERANCE = 1e-4
+
+
+def paired_folder(preprocessed_dataset_folder, data_identifier: str) -> Path:
+    return Path(preprocessed_dataset_folder) / f"{data_identifier}{FOLDER_SUFFIX}"
+
+
+def _metadata(raw_folder: Path) -> dict:
+    path = raw_folder / "phantom_metadata.json"
+    try:
+        metadata = json.loads(path.read_text())
+        seed, grid = int(metadata["seed"]), metadata["ct_grid"]
+        shape, spacing = tuple(grid["shape_zyx"]), tuple(grid["spacing_zyx_mm"])
+    except (OSError, ValueError, KeyError, TypeError):
+        raise UserInputError(f"{path}: not the metadata of a dataset written by nnunet_cmedl make-synthetic; a true "
+                             f"paired MRI exists only for its phantoms") from None
+    if metadata.get("labelled_modality", "CT") != "CT":
+        raise UserInputError(f"{path}: the labelled modality is {metadata['labelled_modality']}, not CT")
+    return {"seed": seed, "shape": shape, "spacing": spacing, "hard_ct_signal": metadata.get("hard_ct_signal")}
+
+
+def render_paired_mri(metadata: dict, case_id: str) -> np.ndarray:
+    """The T2w-like MRI of the patient of labelled case ``case_id`` (thorax_NNN), on its CT grid, as (z, y, x)."""
+    from nnunet_cmedl.synthetic import phantom
+    try:
+        index = int(case_id.rsplit("_", 1)[1])
+    except (IndexError, ValueError):
+        raise UserInputError(f"case {case_id!r}: not a phantom case name (thorax_NNN)") from None
+    grid = phantom.Grid(metadata["shape"], metadata["spacing"])
+    signal = metadata["hard_ct_signal"] or phantom.HARD_CT_SIGNALS[0]
+    volume = phantom.make_ct_volume(metadata["seed"], index, grid, signal)
+    rng = phantom.case_rng(metadata["seed"], "paired_mri_noise", index)
+    return phantom.render_mri(volume.anatomy, volume.maps, grid, rng)
+
+
+def paired_plans(plans: dict, configuration: str) -> dict:
+    """Plans in which ``configuration`` preprocesses two channels: the CT as planned, then the MRI as the unpaired
+    MRI is (z-score per image, no mask)."""
+    p = copy.deepcopy(plans)
+    cfg = resolve_configuration(p, configuration)
+    cfg.pop("inherits_from", None)
+    cfg["normalization_schemes"] = list(cfg["normalization_schemes"][:1]) + [get_modality("MRI").normalization]
+    cfg["use_mask_for_norm"] = list(cfg["use_mask_for_norm"][:1]) + [False]
+    p["configurations"][configuration] = cfg
+    props = p["foreground_intensity_properties_per_channel"]
+    props["1"] = dict(props["0"])  # z-score ignores it; DefaultPreprocessor._normalize looks it up per channel
+    return p
+
+
+def preprocess_case(case_id: str, raw_folder: Path, preprocessed_case, plans: dict, configuration: str,
+                    dataset_json: dict, metadata: dict) -> np.ndarray:
+    """The case's paired MRI in its preprocessed space, (1, *shape) float32; refused unless the CT channel of the
+    same preprocessing equals ``preprocessed_case`` (nnU-Net's preprocessed CT of the case)."""
+    from nnunetv2.imageio.simpleitk_reader_writer import SimpleITKIO
+    from nnunetv2.preprocessing.preprocessors.default_preprocessor import DefaultPreprocessor
+    from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
+
+    ct_file = raw_folder / "imagesTr" / f"{case_id}_0000{dataset_json.get('file_ending', '.nii.gz')}"
+    ct, properties = SimpleITKIO().read_images([str(ct_file)])
+    mri = render_paired_mri(metadata, case_id)
+    if mri.shape != ct.shape[1:]:
+        raise UserInputError(f"{ct_file}: shape {ct.shape[1:]} is not the phantom's CT grid {mri.shape}")
+    pm = PlansManager(paired_plans(plans, configuration))
+    two = dict(dataset_json, channel_names={"0": "CT", "1": "MRI"})
+    data, _, _ = DefaultPreprocessor(verbose=False).run_case_npy(
+        np.concatenate([ct, mri[None].astype(np.float32)]), None, properties, pm, pm.get_configuration(configuration),
+        two)
+    expected = np.asarray(preprocessed_case[:], dtype=np.float32)
+    if data.shape[1:] != expected.shape[1:] or not np.allclose(data[0], expected[0], atol=ALIGNMENT_TOLERANCE):
+        raise UserInputError(f"{ct_file}: its CT preprocessed beside the paired MRI differs from nnU-Net's "
+                             f"preprocessed case; the MRI would not be aligned (re-run nnUNetv2_preprocess?)")
+    return np.ascontiguousarray(data[1:], dtype=np.float32)
+
+
+def save_atomically(array: np.ndarray, path: Path) -> None:
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    with open(tmp, "wb") as f:
+        np.save(f, array)
+    os.replace(tmp, path)
+
+
+def write_paired_mri(dataset: str, configuration: str, plans_identifier: str = "nnUNetPlans",
+                     show_progress: bool = True) -> Path:
+    """Every labelled training case's paired MRI (skips cases already written); returns the folder."""
+    from batchgenerators.utilities.file_and_folder_operations import load_json
+    from nnunetv2.paths import nnUNet_preprocessed, nnUNet_raw
+    from nnunetv2.training.dataloading.nnunet_dataset import infer_dataset_class
+    from tqdm import tqdm
+
+    if not nnUNet_raw or not nnUNet_preprocessed:
+        raise UserInputError("nnUNet_raw and nnUNet_preprocessed must be set")
+    name = resolve_dataset(str(dataset))
+    raw_folder, pre = Path(nnUNet_raw) / name, Path(nnUNet_preprocessed) / name
+    plans_file = pre / f"{plans_identifier}.json"
+    if not plans_file.is_file():
+        raise UserInputError(f"{plans_file}: no plans; run nnUNetv2_plan_and_preprocess -d {dataset} first")
+    plans, dataset_json = load_json(str(plans_file)), load_json(str(pre / "dataset.json"))
+    cfg = resolve_configuration(plans, configuration, str(plans_file))
+    cases_folder = pre / cfg["data_identifier"]
+    if not cases_folder.is_dir():
+        raise UserInputError(f"{cases_folder}: configuration {configuration} is not preprocessed; run "
+                             f"nnUNetv2_preprocess -d {dataset} -c {configuration} first")
+    metadata = _metadata(raw_folder)
+    dataset_class = infer_dataset_class(str(cases_folder))
+    cases = dataset_class(str(cases_folder))
+    out = paired_folder(pre, cfg["data_identifier"])
+    out.mkdir(exist_ok=True)
+    todo = [c for c in cases.identifiers if not (out / f"{c}.npy").is_file()]
+    for case in tqdm(todo, desc="paired MRI (oracle)", disable=not show_progress):
+        data = preprocess_case(case, raw_folder, cases.load_case(case)[0], plans, configuration, dataset_json,
+                               metadata)
+        save_atomically(data, out / f"{case}.npy")
+    print(f"paired MRI of {len(cases.identifiers)} cases in {out} ({len(todo)} written now)")
+    return out
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="nnunet_cmedl paired-mri", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("-d", "--dataset", required=True, help="dataset id or name (made by nnunet_cmedl make-synthetic)")
+    p.add_argument("-c", "--configuration", required=True, help="a preprocessed configuration, e.g. 2d or 3d_fullres")
+    p.add_argument("-p", "--plans", default="nnUNetPlans", help="plans identifier (default: nnUNetPlans)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    return p
+
+
+def main(argv=None) -> int:
+    a = build_parser().parse_args(argv)
+    write_paired_mri(a.dataset, a.configuration, a.plans, show_progress=not a.no_progress)
+    return 0
