@@ -69,6 +69,18 @@ def test_oracle_trains_through_the_stock_cli_and_its_student_is_a_ct_network(pai
     teacher_dice = ckpt["logging"]["cmedl_teacher_pseudo_dice_pmri"]
     assert len(teacher_dice) == 2 and all(np.isfinite(teacher_dice))
 
+    # the benchmark scores the oracle's teacher on the test cases' own MRI: label maps in each test CT's geometry
+    import SimpleITK as sitk
+    from nnunet_cmedl.synthetic.paired_mri import predict_teacher_on_paired_mri
+    images = paired["raw_folder"] / "imagesTs"
+    written = predict_teacher_on_paired_mri(results / f"{ORACLE_HINT}__nnUNetPlans__{SMALL_2D}", 0, images,
+                                            paired["root"] / "oracle_teacher")
+    assert [f.name for f in written] == sorted(p.name.replace("_0000", "") for p in images.glob("*_0000.nii.gz"))
+    for f in written:
+        seg, ct = sitk.ReadImage(str(f)), sitk.ReadImage(str(images / f.name.replace(".nii.gz", "_0000.nii.gz")))
+        assert seg.GetSize() == ct.GetSize() and seg.GetSpacing() == ct.GetSpacing()
+        assert set(np.unique(sitk.GetArrayFromImage(seg))) <= {0, 1}
+
 
 def test_oracle_without_paired_mri_stops_with_the_command_that_makes_it(paired):
     r = run([BIN / "nnUNetv2_train", DATASET_ID, SMALL_3D, 0, "-tr", ORACLE, "-device", "cpu"], paired["env"],

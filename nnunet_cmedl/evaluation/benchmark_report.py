@@ -136,8 +136,12 @@ def predict_teacher_on_pmri(run, images: Path, workdir: Path, device: str, check
         checkpoint = load_checkpoint(run.folder / "checkpoint_final.pth")
     if "cmedl_teacher_weights" not in checkpoint:
         return None
-    if checkpoint.get("cmedl_i2i_method") == "paired_oracle":
-        return None  # its teacher segments the true MRI of the training cases (oracle.py); the test CTs have none
+    if checkpoint.get("cmedl_i2i_method") == "paired_oracle":  # a diagnostic: its teacher on each patient's own MRI
+        from nnunet_cmedl.synthetic.paired_mri import predict_teacher_on_paired_mri
+        predict_teacher_on_paired_mri(run.folder.parent, run.fold, images, output, device)
+        (output / COMPLETE).write_text(f"{run.trainer} fold {run.fold} teacher on the paired MRI (oracle), "
+                                       f"checkpoint_final.pth\n")
+        return output
     from nnunet_cmedl.inference.cmedl_model import find_trainer_class, load_cmedl_model
     from nnunet_cmedl.training.strategies import nnUNetTrainerPseudoMRI
     trainer_class = find_trainer_class(checkpoint.get("trainer_name", ""))

@@ -77,29 +77,64 @@ def paired_plans(plans: dict, configuration: str) -> dict:
     return p
 
 
-def preprocess_case(case_id: str, raw_folder: Path, preprocessed_case, plans: dict, configuration: str,
-                    dataset_json: dict, metadata: dict) -> np.ndarray:
-    """The case's paired MRI in its preprocessed space, (1, *shape) float32; refused unless the CT channel of the
-    same preprocessing equals ``preprocessed_case`` (nnU-Net's preprocessed CT of the case)."""
+def preprocess_with_paired_mri(ct_file, case_id: str, plans: dict, configuration: str, dataset_json: dict,
+                               metadata: dict):
+    """(data, properties) of nnU-Net's preprocessing of the two-channel image [CT, the patient's own MRI]."""
     from nnunetv2.imageio.simpleitk_reader_writer import SimpleITKIO
     from nnunetv2.preprocessing.preprocessors.default_preprocessor import DefaultPreprocessor
     from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
 
-    ct_file = raw_folder / "imagesTr" / f"{case_id}_0000{dataset_json.get('file_ending', '.nii.gz')}"
     ct, properties = SimpleITKIO().read_images([str(ct_file)])
     mri = render_paired_mri(metadata, case_id)
     if mri.shape != ct.shape[1:]:
         raise UserInputError(f"{ct_file}: shape {ct.shape[1:]} is not the phantom's CT grid {mri.shape}")
     pm = PlansManager(paired_plans(plans, configuration))
     two = dict(dataset_json, channel_names={"0": "CT", "1": "MRI"})
-    data, _, _ = DefaultPreprocessor(verbose=False).run_case_npy(
+    data, _, properties = DefaultPreprocessor(verbose=False).run_case_npy(
         np.concatenate([ct, mri[None].astype(np.float32)]), None, properties, pm, pm.get_configuration(configuration),
         two)
+    return data, properties
+
+
+def preprocess_case(case_id: str, raw_folder: Path, preprocessed_case, plans: dict, configuration: str,
+                    dataset_json: dict, metadata: dict) -> np.ndarray:
+    """The case's paired MRI in its preprocessed space, (1, *shape) float32; refused unless the CT channel of the
+    same preprocessing equals ``preprocessed_case`` (nnU-Net's preprocessed CT of the case)."""
+    ct_file = raw_folder / "imagesTr" / f"{case_id}_0000{dataset_json.get('file_ending', '.nii.gz')}"
+    data, _ = preprocess_with_paired_mri(ct_file, case_id, plans, configuration, dataset_json, metadata)
     expected = np.asarray(preprocessed_case[:], dtype=np.float32)
     if data.shape[1:] != expected.shape[1:] or not np.allclose(data[0], expected[0], atol=ALIGNMENT_TOLERANCE):
         raise UserInputError(f"{ct_file}: its CT preprocessed beside the paired MRI differs from nnU-Net's "
                              f"preprocessed case; the MRI would not be aligned (re-run nnUNetv2_preprocess?)")
     return np.ascontiguousarray(data[1:], dtype=np.float32)
+
+
+def predict_teacher_on_paired_mri(model_folder, fold, images, output, device: str = "cpu") -> list:
+    """An oracle run's teacher on the test cases' own MRI (``images``: the raw test CTs of a phantom dataset),
+    sliding window with tile step 0.5 and no TTA as the students are predicted; ``<case>.nii.gz`` in ``output``.
+    Returns the written files."""
+    import torch
+    from nnunetv2.imageio.simpleitk_reader_writer import SimpleITKIO
+    from nnunet_cmedl.inference.cmedl_model import load_cmedl_model
+    from nnunet_cmedl.inference.export_pmri import segment_preprocessed
+
+    images, output = Path(images), Path(output)
+    model = load_cmedl_model(model_folder, fold=fold, device=torch.device(device), trust_checkpoint=True)
+    metadata = _metadata(images.parent)
+    ending = model.dataset_json.get("file_ending", ".nii.gz")
+    output.mkdir(parents=True, exist_ok=True)
+    written = []
+    for ct_file in sorted(images.glob(f"*_0000{ending}")):
+        case = ct_file.name[:-len(f"_0000{ending}")]
+        data, properties = preprocess_with_paired_mri(ct_file, case, model.plans_manager.plans,
+                                                      model.configuration_name, model.dataset_json, metadata)
+        seg = segment_preprocessed(model, model.teacher, data[model.num_input_channels:], properties)
+        target = output / f"{case}{ending}"
+        tmp = output / f".{case}.tmp{ending}"
+        SimpleITKIO().write_seg(seg, str(tmp), properties)
+        os.replace(tmp, target)
+        written.append(target)
+    return written
 
 
 def save_atomically(array: np.ndarray, path: Path) -> None:
