@@ -43,7 +43,8 @@ else
   echo "[setup] installing nnunet-cmedl and its dependencies into $venv ($pins)"
   "$py" -m pip install --quiet --upgrade pip
   # shellcheck disable=SC2086
-  "$py" -m pip install --quiet $pins -e "$repo[test]"
+  # --no-cache-dir: no second copy of the wheels (torch's CUDA build is GBs) in pip's cache on a disk that is short
+  "$py" -m pip install --quiet --no-cache-dir $pins -e "$repo[test]"
   echo "$want" > "$stamp"
 fi
 "$py" -c 'import torch, torchvision, timm, nnunetv2, nnunet_cmedl, mri_unpaired' || {
