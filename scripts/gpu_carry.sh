@@ -70,6 +70,8 @@ d.mkdir(parents=True)
 for f in pre.iterdir():
     if f.is_file():
         shutil.copy2(f, d / f.name)
+    elif f.name.endswith("__mri_paired_oracle"):  # the oracle's MRI (paired_mri.py): tens of MB, CPU runs only
+        continue
     elif f.name == "gt_segmentations" or "__" in f.name:  # the evaluation's labels, the unpaired MRI
         shutil.copytree(f, d / f.name)
     else:  # a configuration's cases: fold 0's
