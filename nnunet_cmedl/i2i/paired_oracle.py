@@ -42,17 +42,11 @@ class PairedOracle(I2IMethod):
     def generator(self) -> nn.Module:
         return self.select_mri
 
-    def generator_modules(self) -> List[nn.Module]:
+    def generator_modules(self) -> List[nn.Module]:  # its parameters: ``unused`` alone (TrailingChannels has none)
         return [self]
 
     def discriminator_modules(self) -> List[nn.Module]:
         return [self]
-
-    def generator_parameters(self):
-        return iter([self.unused])
-
-    def discriminator_parameters(self):
-        return iter([self.unused])
 
     def generator_pass(self, ct, mri) -> GeneratorPass:
         return GeneratorPass(self.select_mri(ct), torch.zeros((), device=ct.device), {})
