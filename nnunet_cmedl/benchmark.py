@@ -124,9 +124,9 @@ def with_warm_starts(runs: list, data, steps) -> list:
     from nnunet_cmedl.training.benchmark_trainers import warm_start_source
     out = []
     for run in runs:
-        origin = warm_start_source(run.method, run.budget)
+        origin = warm_start_source(run.method, run.budget, run.fold)
         if origin:
-            source = Run(origin[0], origin[1], run.fold, origin[2], data, steps)
+            source = Run(origin[0], origin[1], origin[3], origin[2], data, steps)
             if all(r.trainer != source.trainer or r.fold != source.fold for r in out):
                 out.append(source)
         if all(r.trainer != run.trainer or r.fold != run.fold for r in out):

@@ -12,8 +12,8 @@ COMMANDS = {
     "preprocess-unpaired": ("mri_unpaired.preprocess", "preprocess unpaired volumes (--modality MRI or CT) onto a "
                                                        "planned configuration of the labelled dataset"),
     "preprocess-mri": ("mri_unpaired.preprocess:main_mri", "preprocess-unpaired --modality MRI"),
-    "paired-mri": ("nnunet_cmedl.synthetic.paired_mri", "an oracle for diagnostics: each phantom CT patient's own MRI, "
-                                                        "preprocessed onto the CT (no real dataset has it)"),
+    "paired-mri": ("nnunet_cmedl.synthetic.paired_mri", "an oracle for diagnostics: each CT patient's own MRI (a "
+                                                        "phantom's, or registered real MRI), preprocessed onto the CT"),
     "add-small-config": ("nnunet_cmedl.small_config", "add a small-patch configuration (for CPU runs) to the plans"),
     "demo": ("nnunet_cmedl.demo", "the whole job on the embedded synthetic dataset, end to end"),
     "evaluate": ("nnunet_cmedl.evaluation.evaluate_cli", "DSC, surface Dice and HD95 per case for a prediction folder"),

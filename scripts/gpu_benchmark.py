@@ -312,11 +312,14 @@ def main(argv=None) -> int:
     logs.mkdir(exist_ok=True)
     jobs = [Job(spec, make_run(spec, steps, data), env, logs / f"{spec.replace(':', '_')}.log", a)
             for spec in a.runs]
+    from nnunet_cmedl.benchmark import Run
     from nnunet_cmedl.training.benchmark_trainers import warm_start_source
     for job in jobs:
-        source = warm_start_source(job.run_.method, job.run_.budget)
-        if source:
-            job.after = next((j for j in jobs if (j.run_.method, j.run_.seed, j.run_.budget) == source), None)
+        source = warm_start_source(job.run_.method, job.run_.budget, job.run_.fold)
+        if source:  # the job of the same trainer class (method, budget and seed) and fold
+            method, seed, budget, fold = source
+            trainer = Run(method, seed, fold, budget, data, steps).trainer
+            job.after = next((j for j in jobs if (j.run_.trainer, j.run_.fold) == (trainer, fold)), None)
     for job in sorted(jobs, key=lambda j: j.after is not None):  # a thread can be waited for once it has started
         job.start()
     while any(j.is_alive() for j in jobs) and time.time() - t0 < a.deadline:

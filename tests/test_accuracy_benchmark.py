@@ -506,6 +506,11 @@ def test_benchmark_and_demo_reuse_only_a_finished_run_of_the_same_trainer_config
         ("nnUNetTrainerCMEDL_noHint_benchLong_seed3", "benchLong"),
         ("nnUNetTrainerCMEDL_longWarmAfterOnset_benchCPU_seed4", "benchCPU"),
         ("nnUNetTrainerCMEDL_longWarmAfterOnset_benchCPU_seed5", "benchCPU")]
+    # one that starts from plain nnU-Net on the reference fold (4x the labels) at another budget: that run, fold 1
+    runs = benchmark.plan_runs(["CMEDL_ctTeacherAfterOnset"], [2], [], "benchCPU", Data, Steps)
+    assert [(r.trainer, r.fold, r.name) for r in benchmark.with_warm_starts(runs, Data, Steps)] == [
+        ("nnUNetTrainer_benchLong_seed0", 1, "nnU-Net_4xLabels"),
+        ("nnUNetTrainerCMEDL_ctTeacherAfterOnset_benchCPU_seed2", 0, "CMEDL_ctTeacherAfterOnset")]
 
 
 def test_demo_and_benchmark_reuse_a_synthetic_dataset_only_with_the_same_settings(tmp_path):

@@ -1,17 +1,17 @@
 """Unpaired image-to-image translation (CT -> MRI), chosen by name like CUT's ``--model`` option.
 
 ``networks.py`` (generators, PatchGAN, CUT's MLP heads), ``losses.py`` (LSGAN, image pool, PatchNCE), ``base.py``
-(the interface the trainer uses), and one file per method: ``cyclegan.py``, ``cut.py``; ``paired_oracle.py`` stands in
-for one in a diagnostic.
+(the interface the trainer uses), and one file per method: ``cyclegan.py``, ``cut.py``; ``oracles.py`` holds fixed
+stand-ins for one, for diagnostics.
 """
 from nnunet_cmedl.i2i.base import GeneratorPass, I2IMethod
 from nnunet_cmedl.i2i.cascade import image_channels_only
 from nnunet_cmedl.i2i.cut import CUT
 from nnunet_cmedl.i2i.cyclegan import CycleGAN
-from nnunet_cmedl.i2i.paired_oracle import PairedOracle
+from nnunet_cmedl.i2i.oracles import NoTranslation, PairedOracle
 
-# "paired_oracle" is a diagnostic, not a translation (paired_oracle.py)
-I2I_METHODS = {"cyclegan": CycleGAN, "cut": CUT, "paired_oracle": PairedOracle}
+# "paired_oracle" and "no_translation" are diagnostics, not translations (oracles.py)
+I2I_METHODS = {"cyclegan": CycleGAN, "cut": CUT, "paired_oracle": PairedOracle, "no_translation": NoTranslation}
 __all__ = ["CUT", "CycleGAN", "GeneratorPass", "I2IMethod", "I2I_METHODS", "build_i2i"]
 
 

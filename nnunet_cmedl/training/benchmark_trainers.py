@@ -11,7 +11,7 @@ from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 from nnunet_cmedl.training import variants
 from nnunet_cmedl.training.experiment import ExperimentMixin
 from nnunet_cmedl.training.nnUNetTrainerCMEDL import nnUNetTrainerCMEDL
-from nnunet_cmedl.training.oracle import nnUNetTrainerCMEDL_pairedOracleAfterOnset, nnUNetTrainerCMEDL_pairedOracleNoHint
+from nnunet_cmedl.training import oracle
 from nnunet_cmedl.training.strategies import nnUNetTrainerCTPseudoMRI, nnUNetTrainerPseudoMRI
 
 # benchmark name -> trainer class (the first is the baseline)
@@ -39,8 +39,11 @@ METHODS = {
     "pMRI-only": nnUNetTrainerPseudoMRI,
     "CT+pMRI": nnUNetTrainerCTPseudoMRI,
     # diagnostics, not methods (oracle.py): the teacher on each CT patient's own MRI, which only the phantom has
-    "CMEDL_pairedOracleNoHint": nnUNetTrainerCMEDL_pairedOracleNoHint,
-    "CMEDL_pairedOracleAfterOnset": nnUNetTrainerCMEDL_pairedOracleAfterOnset,
+    "CMEDL_pairedOracleNoHint": oracle.nnUNetTrainerCMEDL_pairedOracleNoHint,
+    "CMEDL_pairedOracleAfterOnset": oracle.nnUNetTrainerCMEDL_pairedOracleAfterOnset,
+    # ... and a second CT network for teacher, started from plain nnU-Net trained on 4x the labels, 3x as long
+    "CMEDL_ctTeacherAfterOnset": oracle.nnUNetTrainerCMEDL_ctTeacherAfterOnset,
+    "CMEDL_ctTeacherOutputsAfterOnset": oracle.nnUNetTrainerCMEDL_ctTeacherOutputsAfterOnset,
 }
 # methods whose batches need ``nnunet_cmedl paired-mri`` (the benchmark runs it when one of them is asked for)
 PAIRED_MRI_METHODS = ("CMEDL_pairedOracleNoHint", "CMEDL_pairedOracleAfterOnset")
@@ -68,8 +71,9 @@ BUDGETS = {
                      curve_checkpoint_every=10, cmedl={}),
 }
 SEEDS = range(10)
-# method -> (method, seed, budget) of the run it warm-starts from (``warm_start``; budget None: the same budget): one
-# pre-training shared by every seed (nnunet_cmedl benchmark trains it first)
+# method -> (method, seed, budget[, fold]) of the run it warm-starts from (``warm_start``; budget None: the same
+# budget; fold: the same fold unless given): one pre-training shared by every seed (nnunet_cmedl benchmark trains it
+# first)
 WARM_STARTS = {method: ("CMEDL_noHint", 0, None)
                for method in ("CMEDL_teacherAheadWarm", "CMEDL_warmMasked", "CMEDL_warmTumourMasked",
                               "CMEDL_warmOutputHint", "CMEDL_warmAfterOnset")}
@@ -78,6 +82,9 @@ WARM_STARTS = {method: ("CMEDL_noHint", 0, None)
 WARM_STARTS["CMEDL_longWarmAfterOnset"] = ("CMEDL_noHint", 3, "benchLong")
 # stop 24: the teacher trained on the true MRI of each CT patient (an oracle) is the warm start
 WARM_STARTS["CMEDL_pairedOracleAfterOnset"] = ("CMEDL_pairedOracleNoHint", 0, None)
+# stop 25: the best CT network this benchmark trains, plain nnU-Net on the reference fold (4x the labels), 3x as long
+for _method in ("CMEDL_ctTeacherAfterOnset", "CMEDL_ctTeacherOutputsAfterOnset"):
+    WARM_STARTS[_method] = ("nnU-Net", 0, "benchLong", 1)
 
 
 class nnUNetTrainerCMEDL_longWarmAfterOnset(variants.nnUNetTrainerCMEDL_warmAfterOnset):
@@ -88,12 +95,13 @@ class nnUNetTrainerCMEDL_longWarmAfterOnset(variants.nnUNetTrainerCMEDL_warmAfte
 METHODS["CMEDL_longWarmAfterOnset"] = nnUNetTrainerCMEDL_longWarmAfterOnset
 
 
-def warm_start_source(method: str, budget: str):
-    """(method, seed, budget) of the run that ``method`` at ``budget`` warm-starts from; None if it starts fresh."""
+def warm_start_source(method: str, budget: str, fold: int = 0):
+    """(method, seed, budget, fold) of the run that ``method`` at ``budget`` and ``fold`` warm-starts from; None if it
+    starts fresh."""
     if method not in WARM_STARTS:
         return None
-    source_method, seed, source_budget = WARM_STARTS[method]
-    return source_method, seed, source_budget or budget
+    source_method, seed, source_budget, *source_fold = WARM_STARTS[method]
+    return source_method, seed, source_budget or budget, source_fold[0] if source_fold else fold
 
 
 def trainer_name(method: str, budget: str, seed: int) -> str:
@@ -112,9 +120,9 @@ def _make(method: str, budget: str, seed: int) -> type:
         for k, v in {**settings, **(cmedl_settings if isinstance(self, nnUNetTrainerCMEDL) else {})}.items():
             setattr(self, k, v)
         self.seed = seed
-        source = warm_start_source(method, budget)
+        source = warm_start_source(method, budget, fold)
         if source:
-            self.warm_start = trainer_name(source[0], source[2], source[1])
+            self.warm_start, self.warm_start_fold = trainer_name(source[0], source[2], source[1]), source[3]
 
     name = trainer_name(method, budget, seed)
     bases = (base,) if issubclass(base, ExperimentMixin) else (ExperimentMixin, base)

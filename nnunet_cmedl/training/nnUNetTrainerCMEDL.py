@@ -127,6 +127,7 @@ class nnUNetTrainerCMEDL(ExperimentMixin, nnUNetTrainer):
         # holds a checkpoint_final.pth (e.g. 'nnUNetTrainerCMEDL_noHint': pre-training). None: everything from scratch
         # (CMEDL). The stock CLI sets it with the environment variable nnUNet_cmedl_warm_start
         self.warm_start = os.environ.get('nnUNet_cmedl_warm_start') or None
+        self.warm_start_fold = None              # the fold of the trainer that warm_start names (None: this run's)
         self.teacher_initial_lr = None           # None: nnU-Net's initial_lr, like the student (CMEDL: same optimiser)
         self.gan_initial_lr = 2e-4               # CycleGAN/CUT: Adam, lr 2e-4, betas (0.5, 0.999)
         self.gan_betas = (0.5, 0.999)
@@ -610,8 +611,9 @@ class nnUNetTrainerCMEDL(ExperimentMixin, nnUNetTrainer):
         """The checkpoint that ``warm_start`` names: a path, or a trainer's final checkpoint beside this run's."""
         if os.sep in self.warm_start or self.warm_start.endswith('.pth'):
             return self.warm_start
+        fold = self.fold if self.warm_start_fold is None else self.warm_start_fold
         return join(dirname(self.output_folder_base), f"{self.warm_start}__{self.plans_manager.plans_name}__"
-                    f"{self.configuration_name}", f"fold_{self.fold}", "checkpoint_final.pth")
+                    f"{self.configuration_name}", f"fold_{fold}", "checkpoint_final.pth")
 
     def load_warm_start(self) -> None:
         """Generators, discriminators (and CycleGAN's image pools) and the teacher from the ``warm_start``

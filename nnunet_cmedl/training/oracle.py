@@ -1,9 +1,11 @@
-"""The paired-MRI oracle: CMEDL whose teacher segments each CT patient's own MRI (a diagnostic, issue 8).
+"""Oracles, diagnostics of the hint (issue 8): CMEDL with a teacher chosen to know more than the student.
+
+**The paired-MRI oracle**: CMEDL whose teacher segments each CT patient's own MRI.
 
 No real dataset has a paired MRI (that is CMEDL's premise); the phantom does (``nnunet_cmedl paired-mri``). Here the
 batches carry it as a last image channel, through nnU-Net's own data loading and augmentation (the spatial
 transforms move both channels together, so the MRI stays aligned with the CT and the label), and the I2I method is
-``paired_oracle`` (i2i/paired_oracle.py), whose "generator" hands the teacher that channel. The student sees the CT
+``paired_oracle`` (i2i/oracles.py), whose "generator" hands the teacher that channel. The student sees the CT
 channel only and is a stock nnU-Net network, predicted as any other.
 
 What it measures: with the best teacher the phantom allows, does the hint make a better student? If it does, the
@@ -12,6 +14,14 @@ hint itself passes on little.
 
 Not a matched pair with plain nnU-Net at the same seed: nnU-Net's intensity augmentations draw their random numbers
 per channel, so a second channel changes the student's batches. Compare runs, as with other seeds.
+
+**The CT-teacher oracle** (``nnUNetTrainerCMEDL_ctTeacher*``): the teacher segments the CT itself (I2I stand-in
+``no_translation``) and starts from a plain nnU-Net trained on 4x the labels (the benchmark's reference fold; the
+warm start); the hint, as CMEDL's, on the last decoder features. The teacher's features are a function of the very
+input the student sees, so the student can match them exactly, unlike those of a teacher on the true MRI: does the
+hint pass on what a better teacher knows when nothing it knows is out of the student's reach? (FitNets' setting,
+Romero et al. 2015.) The student's batches are plain nnU-Net's at the same seed (matched pairs); without the hint
+its training would be plain nnU-Net's bit for bit on the CPU.
 """
 from os.path import isfile, join
 
@@ -19,8 +29,33 @@ import numpy as np
 import torch
 from torch import nn
 
+from nnunet_cmedl.distillation.hint import unwrap
 from nnunet_cmedl.synthetic.paired_mri import paired_folder
 from nnunet_cmedl.training.nnUNetTrainerCMEDL import TrainingStopped, nnUNetTrainerCMEDL
+
+
+class ChannelStack:
+    """Two (channels, *spatial) arrays as one along the channel axis, read lazily: nnU-Net's data loader crops a patch
+    out of each case (acvl_utils' ``crop_and_pad_nd`` slices it), and only that patch of each part is read (blosc2
+    and memory-mapped ``.npy`` read what a slice covers), not the whole case."""
+
+    def __init__(self, *parts):
+        if any(p.shape[1:] != parts[0].shape[1:] for p in parts):
+            raise ValueError(f"channel stack: spatial shapes differ: {[tuple(p.shape) for p in parts]}")
+        self.parts = parts
+        self.shape = (sum(p.shape[0] for p in parts), *parts[0].shape[1:])
+        self.ndim, self.dtype = len(self.shape), np.dtype(np.float32)
+
+    def __getitem__(self, index):
+        index = index if isinstance(index, tuple) else (index,)
+        if index and index[0] != slice(None):  # a channel selection: rare, read everything
+            return np.asarray(self)[index]
+        spatial = (slice(None),) + tuple(index[1:])
+        return np.concatenate([np.asarray(p[spatial], dtype=np.float32) for p in self.parts])
+
+    def __array__(self, dtype=None, copy=None):
+        whole = self[(slice(None),)]
+        return whole if dtype is None else whole.astype(dtype)
 
 
 class WithPairedMRI:
@@ -37,8 +72,8 @@ class WithPairedMRI:
 
     def load_case(self, identifier):
         data, seg, seg_prev, properties = self.dataset.load_case(identifier)
-        mri = np.load(join(self.folder, identifier + '.npy'))
-        return np.concatenate([np.asarray(data[:], dtype=np.float32), mri]), seg, seg_prev, properties
+        mri = np.load(join(self.folder, identifier + '.npy'), mmap_mode='r')
+        return ChannelStack(data, mri), seg, seg_prev, properties
 
 
 class LeadingChannels(nn.Module):
@@ -111,3 +146,44 @@ class nnUNetTrainerCMEDL_pairedOracleAfterOnset(nnUNetTrainerCMEDL_pairedOracle)
         super().__init__(plans, configuration, fold, dataset_json, device)
         self.hint_gate = 'teacher_ahead_after_onset'
         self.warm_start = 'nnUNetTrainerCMEDL_pairedOracleNoHint'
+
+
+class nnUNetTrainerCMEDL_ctTeacher(nnUNetTrainerCMEDL):
+    """CMEDL whose teacher is a second CT network, warm-started from plain nnU-Net (module docstring): set
+    ``warm_start`` (and ``warm_start_fold``) to a plain nnU-Net run, e.g. one trained on more labels."""
+
+    def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
+                 device: torch.device = torch.device('cuda')):
+        super().__init__(plans, configuration, fold, dataset_json, device)
+        self.i2i_method = 'no_translation'
+        # the teacher takes the CT: its image channels (as nnU-Net's determine_num_input_channels counts them)
+        self.mri_num_channels = len(dataset_json['modality' if 'modality' in dataset_json else 'channel_names'])
+
+    def _load_teacher_and_i2i(self, checkpoint: dict, source: str) -> None:
+        """The teacher from a plain nnU-Net checkpoint (``network_weights``); a CMEDL checkpoint as usual."""
+        if 'cmedl_teacher_weights' in checkpoint or 'network_weights' not in checkpoint:
+            return super()._load_teacher_and_i2i(checkpoint, source)
+        try:
+            unwrap(self.teacher).load_state_dict(checkpoint['network_weights'])
+        except RuntimeError as e:
+            raise TrainingStopped(f"{source}: its network does not fit this trainer's teacher (other plans or "
+                                  f"configuration?): {str(e).splitlines()[0]}") from None
+
+
+class nnUNetTrainerCMEDL_ctTeacherAfterOnset(nnUNetTrainerCMEDL_ctTeacher):
+    """The CT-teacher oracle with the hint as ``CMEDL_warmAfterOnset`` gives it (on once the student has begun to
+    segment, while the teacher's validation pseudo-Dice is ahead of the student's)."""
+
+    def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
+                 device: torch.device = torch.device('cuda')):
+        super().__init__(plans, configuration, fold, dataset_json, device)
+        self.hint_gate = 'teacher_ahead_after_onset'
+
+
+class nnUNetTrainerCMEDL_ctTeacherOutputsAfterOnset(nnUNetTrainerCMEDL_ctTeacherAfterOnset):
+    """The same with the hint on the outputs (knowledge distillation, Hinton et al. 2015) instead of the features."""
+
+    def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
+                 device: torch.device = torch.device('cuda')):
+        super().__init__(plans, configuration, fold, dataset_json, device)
+        self.hint_target = 'outputs'
