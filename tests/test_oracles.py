@@ -8,7 +8,7 @@ import pytest
 import torch
 from scipy import ndimage
 
-from conftest import BIN, DATASET_ID, SMALL_2D, SMALL_3D, cli, run
+from conftest import BIN, DATASET_ID, REPO, SMALL_2D, SMALL_3D, cli, run
 
 ORACLE = "nnUNetTrainerCMEDL_pairedOracleNoHint_benchSmoke_seed0"
 ORACLE_HINT = "nnUNetTrainerCMEDL_pairedOracleAfterOnset_benchSmoke_seed0"
@@ -147,7 +147,8 @@ def test_oracle_without_paired_mri_stops_with_the_command_that_makes_it(paired):
     r = run([BIN / "nnUNetv2_train", DATASET_ID, SMALL_3D, 0, "-tr", ORACLE, "-device", "cpu"], paired["env"],
             check=False)
     assert r.returncode == 1 and "Traceback" not in r.stderr
-    assert "no paired MRI" in r.stderr and f"nnunet_cmedl paired-mri -d {paired['dataset_name']} -c {SMALL_3D}" in r.stderr
+    assert "no paired MRI" in r.stderr
+    assert f"nnunet_cmedl paired-mri -d {paired['dataset_name']} -c {SMALL_3D}" in r.stderr
 
 
 CT_TEACHER = "nnUNetTrainerCMEDL_ctTeacherAfterOnset_benchSmoke_seed1"  # its source: seed 0 (WARM_STARTS)
@@ -164,7 +165,8 @@ def test_ct_teacher_starts_from_plain_nnunet_on_the_reference_fold(planned_datas
     smoke = results / f"nnUNetTrainer_benchSmoke_seed0__nnUNetPlans__{SMALL_2D}" / "fold_1"
     shutil.copy(smoke / "checkpoint_final.pth", source / "checkpoint_final.pth")
     r = run([BIN / "nnUNetv2_train", DATASET_ID, SMALL_2D, 0, "-tr", CT_TEACHER, "-device", "cpu"], env)
-    assert "Training done" in r.stdout and f"from {source / 'checkpoint_final.pth'}" in r.stdout
+    assert "Training done" in r.stdout
+    assert f"warm start: teacher (a plain nnU-Net network) from {source / 'checkpoint_final.pth'}" in r.stdout
     ckpt = torch.load(results / f"{CT_TEACHER}__nnUNetPlans__{SMALL_2D}" / "fold_0" / "checkpoint_final.pth",
                       map_location="cpu", weights_only=False)
     plain = torch.load(source / "checkpoint_final.pth", map_location="cpu", weights_only=False)["network_weights"]
@@ -178,3 +180,26 @@ def test_ct_teacher_starts_from_plain_nnunet_on_the_reference_fold(planned_datas
     assert similarity(ckpt["cmedl_teacher_weights"]) > 0.95
     assert similarity(ckpt["network_weights"]) < 0.5
     assert all(np.isfinite(ckpt["logging"]["cmedl_teacher_pseudo_dice_pmri"]))
+
+    # scripts/hint_distance.py: the teacher's source network (a few steps from the teacher) is far closer to the
+    # teacher than the fresh student is, on training and validation cases alike
+    import json
+    import sys
+    other = planned_dataset["root"] / "source_as_fold_0"
+    (other / "fold_0").mkdir(parents=True)
+    shutil.copy(source / "checkpoint_final.pth", other / "fold_0" / "checkpoint_final.pth")
+    out = planned_dataset["root"] / "hint_distance.json"
+    script = [sys.executable, REPO / "scripts" / "hint_distance.py"]
+    r = run(script + ["-m", results / f"{CT_TEACHER}__nnUNetPlans__{SMALL_2D}", "--students", f"source={other}",
+                      "--out", out], env)
+    assert "validation cases" in r.stdout
+    figures = json.loads(out.read_text())
+    for part in ("train", "val"):
+        own, near = figures[part]["own student / all"]["mean"], figures[part]["source / all"]["mean"]
+        assert 0 <= near < own / 10, (part, near, own)
+        assert set(figures[part]["dice"]) == {"teacher / own head", "own student / own head",
+                                              "own student / teacher's head", "source / own head",
+                                              "source / teacher's head"}
+    r = run(script + ["-m", results / f"{CT_TEACHER}__nnUNetPlans__{SMALL_2D}", "--students", f"x={results}"], env,
+            check=False)
+    assert r.returncode == 2 and "no final checkpoint" in r.stderr and "Traceback" not in r.stderr

@@ -625,7 +625,9 @@ class nnUNetTrainerCMEDL(ExperimentMixin, nnUNetTrainer):
                                   f"warm_start / nnUNet_cmedl_warm_start to an existing CMEDL checkpoint)")
         checkpoint = load_checkpoint(path, map_location=self.device, trust=True)  # a CMEDL run's own output
         self._load_teacher_and_i2i(checkpoint, f"warm start {path}")
-        self.print_to_log_file(f"warm start: generators, discriminators and teacher from {path} ("
+        what = "generators, discriminators and teacher" if 'cmedl_teacher_weights' in checkpoint else \
+            "teacher (a plain nnU-Net network)"  # nnUNetTrainerCMEDL_ctTeacher's source
+        self.print_to_log_file(f"warm start: {what} from {path} ("
                                f"{checkpoint.get('trainer_name')}, after epoch {checkpoint.get('current_epoch')}); "
                                f"student, optimisers and schedules fresh")
 
