@@ -9,7 +9,8 @@ render the tumours, or a hint that does not pass on what a teacher knows. Two so
   renders that patient's own T2w-like MRI on the CT grid, voxel for voxel aligned with the CT and its label;
 - ``--mri-folder DIR``: real MRI of the same patients registered to their planning CT (an MR simulator, say), one
   ``<case><file_ending>`` (or ``<case>_0000<file_ending>``) per labelled case, already resampled onto that case's CT
-  grid by your registration (same size, spacing, origin and direction: checked, within ``GEOMETRY_TOLERANCE``).
+  grid by your registration (same size, spacing, origin and direction: checked as ``nnunet_cmedl evaluate`` checks a
+  prediction against its reference, ``evaluation.metrics.check_geometry``).
 
 Each case goes through nnU-Net's own ``DefaultPreprocessor.run_case_npy`` as a two-channel image [CT, MRI]: one
 transpose, one crop and one resampling for both channels, the CT normalised as planned and the MRI like the unpaired
@@ -29,12 +30,11 @@ from mri_unpaired.atomic import atomic_file
 from mri_unpaired.modality import get_modality
 from mri_unpaired.plans import resolve_configuration
 from mri_unpaired.preprocess import resolve_dataset
-from nnunet_cmedl.errors import UserInputError
+from nnunet_cmedl.errors import UserInputError, itk_message
 
 FOLDER_SUFFIX = "__mri_paired_oracle"
 SOURCE_FILE = "paired_mri_source.json"  # in the output folder: where its MRI came from (a rerun must not mix sources)
 PHANTOM = "phantom"
-GEOMETRY_TOLERANCE = 1e-3  # mm (spacing, origin) and direction cosines: a registered MRI is on its CT's grid
 # the CT channel of the two-channel preprocessing must equal nnU-Net's preprocessed case this closely
 ALIGNMENT_TOLERANCE = 1e-4
 
@@ -94,6 +94,7 @@ class RegisteredMRI:
         if not self.folder.is_dir():
             raise UserInputError(f"{self.folder}: --mri-folder is not a folder")
         self.name = str(self.folder)
+        self._checked = {}  # case -> its MRI file, once checked
 
     def file_of(self, case_id: str) -> Path:
         candidates = [self.folder / f"{case_id}{suffix}{self.file_ending}" for suffix in ("", "_0000")]
@@ -107,6 +108,9 @@ class RegisteredMRI:
         """The case's MRI file, refused (one line naming it) unless it is intact and on its CT's grid (headers only)."""
         import SimpleITK as sitk
         from mri_unpaired.validation import refuse_damaged_file
+        from nnunet_cmedl.evaluation.metrics import check_geometry
+        if case_id in self._checked:  # write_paired_mri checks every file before the first is written
+            return self._checked[case_id]
         mri_file = self.file_of(case_id)
         refuse_damaged_file(mri_file)
         headers = []
@@ -116,21 +120,18 @@ class RegisteredMRI:
             try:
                 reader.ReadImageInformation()
             except RuntimeError as e:
-                raise UserInputError(f"{f}: not a readable image ({str(e).strip().splitlines()[-1]})") from None
+                raise UserInputError(f"{f}: not a readable image ({itk_message(e)})") from None
             headers.append({"size": reader.GetSize(), "components": reader.GetNumberOfComponents(),
                             "spacing": reader.GetSpacing(), "origin": reader.GetOrigin(),
                             "direction": reader.GetDirection()})
         mri, ct = headers
         if mri["components"] != 1:
             raise UserInputError(f"{mri_file}: {mri['components']} components per voxel; one MRI channel expected")
-        if mri["size"] != ct["size"]:
-            raise UserInputError(f"{mri_file}: size {mri['size']} differs from its CT's {ct['size']} ({ct_file}); "
-                                 f"resample the registered MRI onto the CT grid")
-        for key in ("spacing", "origin", "direction"):
-            if not np.allclose(mri[key], ct[key], atol=GEOMETRY_TOLERANCE):
-                raise UserInputError(f"{mri_file}: {key} {tuple(np.round(mri[key], 4))} differs from its CT's "
-                                     f"{tuple(np.round(ct[key], 4))} ({ct_file}); resample the registered MRI onto "
-                                     f"the CT grid")
+        try:  # the tolerances with which `nnunet_cmedl evaluate` holds a prediction to its reference
+            check_geometry(ct, mri, ct_file, mri_file)
+        except UserInputError as e:
+            raise UserInputError(f"{e}; resample the registered MRI onto the CT grid") from None
+        self._checked[case_id] = mri_file
         return mri_file
 
     def __call__(self, case_id: str, ct_file, ct_properties: dict) -> np.ndarray:
