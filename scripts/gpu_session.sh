@@ -12,11 +12,7 @@ repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$repo"
 py="${PY:-python3}" device="${DEVICE:-cuda}" out="${OUT:?OUT: where the results go}"
 [ -f .gpu/bench.tar.xz ] || { echo "gpu_session.sh: no .gpu/bench.tar.xz: run scripts/gpu_carry.sh W here, carry .gpu"; exit 1; }
-if ! "$py" -c "import nnunetv2" 2>/dev/null; then
-    "$py" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .gpu/whl/*.whl \
-        || exit 1
-fi
-export PYTHONPATH="$repo:/tmp/site:$repo/.gpu/site" PATH="/tmp/site/bin:$PATH" PYTHONUNBUFFERED=1
+source "$repo/scripts/gpu_env.sh" || exit 1
 tmp="$(mktemp -d)" && tar xJf .gpu/bench.tar.xz -C "$tmp" && work="$tmp/bench" || exit 1
 if [ "$device" = cuda ] && [ -z "${NO_TESTS:-}" ]; then
     (nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv; echo "cpu cores: $(nproc)"

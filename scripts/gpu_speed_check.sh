@@ -1,23 +1,41 @@
 #!/usr/bin/env bash
-# The GPU speed check of docs/performance.md: MSD-Lung-sized plans (no data needed), then `benchmark-speed` on CUDA for
-# 3d_fullres and 2d, eager (AMP, like ../shared/GPU_NOTES.md's baseline) and compiled (nnU-Net's default on CUDA).
-# Usage: scripts/gpu_speed_check.sh OUT_DIR   (python with nnunetv2 + this project importable: $PYTHON, default python)
-# Writes OUT_DIR/speed_<configuration>_<eager|compiled>.json and .md; about 10 minutes on an H100/H200.
-set -euo pipefail
+# The GPU speed check of docs/performance.md: MSD-Lung-sized plans (no data needed), then `benchmark-speed` on CUDA,
+# plain nnU-Net side by side in every run, eager (AMP, like ../shared/GPU_NOTES.md's baseline) and compiled (nnU-Net's
+# default on CUDA).
+# Usage: scripts/gpu_speed_check.sh OUT_DIR
+#   On the `device` tool's bare machine: run(command="bash scripts/gpu_speed_check.sh $OUT",
+#   carry=[".gpu/whl", ".gpu/site"]) (scripts/gpu_carry.sh builds them; scripts/gpu_env.sh installs them there).
+#   Elsewhere: $PYTHON, a python with nnunetv2 and this project (default: python3).
+# Environment: CONFIGS (default "3d_fullres 2d"), MODES (default "compiled eager"; in this order for each
+#   configuration), METHODS (default: all six below), WARMUP (8), ITERATIONS (20), STEP_S (a time limit in s for
+#   each benchmark-speed run, default none), DEVICE (cuda; cpu for a dry run).
+# Writes OUT_DIR/speed_<configuration>_<mode>.json, .md (the table) and .log (one line per trainer as it finishes, so
+#   a run stopped by STEP_S still leaves its rows); about 10 minutes on an H100/H200 with the defaults.
+set -uo pipefail
 out="${1:?usage: scripts/gpu_speed_check.sh OUT_DIR}"
 repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-py="${PYTHON:-python}"
+py="${PYTHON:-python3}"
+source "$repo/scripts/gpu_env.sh" || exit 1
 mkdir -p "$out"
-PYTHON="$py" bash "$repo/scripts/msd_lung_like_plans.sh" "$out/plans" > /dev/null
-plans="$out/plans/nnUNet_preprocessed/Dataset991_MSDLungLike/nnUNetPlans.json"
+work="$(mktemp -d)" && trap 'rm -rf "$work"' EXIT  # the plans (not in OUT_DIR: a device call returns only 8 files)
+PYTHON="$py" bash "$repo/scripts/msd_lung_like_plans.sh" "$work" > /dev/null || exit 1
+plans="$work/nnUNet_preprocessed/Dataset991_MSDLungLike/nnUNetPlans.json"
 dataset_json="$(dirname "$plans")/dataset.json"
-"$py" -c 'import torch; print(torch.cuda.get_device_name(0), torch.__version__)'
-for config in 3d_fullres 2d; do
-  for mode in eager compiled; do
+"$py" -c 'import torch; print(torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU", torch.__version__)'
+methods="${METHODS:-plain cmedl cut fastcut nnUNetTrainerCMEDL_identity nnUNetTrainerCMEDL_stridedStem}"
+rc=0
+for config in ${CONFIGS:-3d_fullres 2d}; do
+  for mode in ${MODES:-compiled eager}; do
     flag=$([ "$mode" = eager ] && echo --no-compile || echo --compile)
-    "$py" -m nnunet_cmedl.cli benchmark-speed --plans "$plans" --dataset-json "$dataset_json" -c "$config" \
-      --device cuda --warmup 8 --iterations 20 $flag \
-      --methods plain cmedl cut fastcut nnUNetTrainerCMEDL_identity nnUNetTrainerCMEDL_stridedStem \
-      --json "$out/speed_${config}_${mode}.json" | tee "$out/speed_${config}_${mode}.md"
+    name="$out/speed_${config}_${mode}"
+    echo "== $config, $mode: $(date +%T)"
+    # shellcheck disable=SC2086
+    timeout "${STEP_S:-0}" "$py" -m nnunet_cmedl.cli benchmark-speed --plans "$plans" --dataset-json "$dataset_json" \
+      -c "$config" --device "${DEVICE:-cuda}" --warmup "${WARMUP:-8}" --iterations "${ITERATIONS:-20}" $flag \
+      --methods $methods --json "$name.json" > "$name.md" 2> "$name.log"
+    status=$?
+    cat "$name.log" | grep -E '^\[' ; cat "$name.md"
+    [ $status -eq 0 ] || { echo "== $config, $mode: exit code $status (124: STEP_S ran out; 137: killed, out of memory or time)"; rc=1; }
   done
 done
+exit $rc
