@@ -203,3 +203,15 @@ def test_ct_teacher_starts_from_plain_nnunet_on_the_reference_fold(planned_datas
     r = run(script + ["-m", results / f"{CT_TEACHER}__nnUNetPlans__{SMALL_2D}", "--students", f"x={results}"], env,
             check=False)
     assert r.returncode == 2 and "no final checkpoint" in r.stderr and "Traceback" not in r.stderr
+
+    # scripts/validation_blocks.py: the run's logged validation, block by block (here one epoch a block)
+    script = [sys.executable, REPO / "scripts" / "validation_blocks.py", "--workdir", planned_dataset["root"],
+              "--budget", "smoke", "-c", SMALL_2D, "--block", 1, "--methods", "CMEDL_ctTeacherAfterOnset", "--seeds"]
+    r = run(script + [1], env)
+    logged = ckpt["logging"]
+    student = ", ".join(f"{np.nanmean(d):.3f}" for d in logged["dice_per_class_or_region"])
+    teacher = ", ".join(f"{d:.3f}" for d in logged["cmedl_teacher_pseudo_dice_pmri"])
+    assert f"student [{student}]  teacher [{teacher}]  hint loss [" in r.stdout, r.stdout
+    r = run(script + [7], env, check=False)
+    assert r.returncode == 2 and "no final checkpoint (CMEDL_ctTeacherAfterOnset, seed 7" in r.stderr
+    assert "Traceback" not in r.stderr

@@ -44,6 +44,7 @@ METHODS = {
     # ... and a second CT network for teacher, started from plain nnU-Net trained on 4x the labels, 3x as long
     "CMEDL_ctTeacherAfterOnset": oracle.nnUNetTrainerCMEDL_ctTeacherAfterOnset,
     "CMEDL_ctTeacherOutputsAfterOnset": oracle.nnUNetTrainerCMEDL_ctTeacherOutputsAfterOnset,
+    "CMEDL_ctTeacherTumourAfterOnset": oracle.nnUNetTrainerCMEDL_ctTeacherTumourAfterOnset,
 }
 # methods whose batches need ``nnunet_cmedl paired-mri`` (the benchmark runs it when one of them is asked for)
 PAIRED_MRI_METHODS = ("CMEDL_pairedOracleNoHint", "CMEDL_pairedOracleAfterOnset")
@@ -83,7 +84,7 @@ WARM_STARTS["CMEDL_longWarmAfterOnset"] = ("CMEDL_noHint", 3, "benchLong")
 # stop 24: the teacher trained on the true MRI of each CT patient (an oracle) is the warm start
 WARM_STARTS["CMEDL_pairedOracleAfterOnset"] = ("CMEDL_pairedOracleNoHint", 0, None)
 # stop 25: the best CT network this benchmark trains, plain nnU-Net on the reference fold (4x the labels), 3x as long
-for _method in ("CMEDL_ctTeacherAfterOnset", "CMEDL_ctTeacherOutputsAfterOnset"):
+for _method in ("CMEDL_ctTeacherAfterOnset", "CMEDL_ctTeacherOutputsAfterOnset", "CMEDL_ctTeacherTumourAfterOnset"):
     WARM_STARTS[_method] = ("nnU-Net", 0, "benchLong", 1)
 
 
