@@ -6,7 +6,7 @@
 #   .gpu/site/       acvl_utils (no wheel: its sdist's package), stand-ins for SimpleITK and cc3d that raise on use
 #   .gpu/bench.tar.xz of a `nnunet_cmedl benchmark --prepare-only` workdir W: fold 0's cases, the unpaired MRI, the
 #                    test images, the plans with nnU-Net's NibabelIO (no SimpleITK there), and each finished
-#                    warm-start source run (benchmark_trainers.WARM_STARTS) stripped to the teacher and the I2I networks
+#                    warm-start source run (benchmark_trainers.WARM_STARTS, any fold) stripped to the networks it gives
 #                    (their weights rounded to float16 to fit: a relative change below 1e-3)
 #   .gpu/testdata/   the tiny planned dataset of tests/conftest.py (CMEDL_TEST_PREBUILT_DATASET for gpu_check.sh)
 # Usage: scripts/gpu_carry.sh W     (run from anywhere; the repo's .venv builds what it builds; prints the size)
@@ -87,20 +87,24 @@ r.mkdir(parents=True)
 shutil.copy2(raw / "dataset.json", r)
 shutil.copytree(raw / "imagesTs", r / "imagesTs")
 from nnunet_cmedl.training.benchmark_trainers import WARM_STARTS, BUDGETS, trainer_name, warm_start_source
-for method, seed, budget in {warm_start_source(m, b) for m in WARM_STARTS for b in BUDGETS}:
+for method, seed, budget, fold in {warm_start_source(m, b) for m in WARM_STARTS for b in BUDGETS}:
     for run in (src / "nnUNet_results" / pre.name).glob(f"{trainer_name(method, budget, seed)}__*"):
-        ck = run / "fold_0" / "checkpoint_final.pth"
+        ck = run / f"fold_{fold}" / "checkpoint_final.pth"
         if ck.is_file():
             c = torch.load(ck, map_location="cpu", weights_only=False)
             keys = ("trainer_name", "current_epoch", "init_args", "cmedl_teacher_weights", "cmedl_i2i_method",
                     "cmedl_i2i_weights", "cmedl_i2i_kwargs", "cmedl_i2i_state")
+            if "cmedl_teacher_weights" not in c:  # a plain nnU-Net source (the CT-teacher oracle): its network
+                keys = ("trainer_name", "current_epoch", "init_args", "network_weights")
             (dst / ck.relative_to(src)).parent.mkdir(parents=True)
             light = {k: c[k] for k in keys if k in c}
-            for k in ("cmedl_teacher_weights", "cmedl_i2i_weights"):  # half the bytes; load_state_dict casts back
-                light[k] = {n: t.half() if t.is_floating_point() else t for n, t in light[k].items()}
-            light["stripped_by"] = "scripts/gpu_carry.sh: teacher and I2I networks only, weights in float16"
+            for k in ("cmedl_teacher_weights", "cmedl_i2i_weights", "network_weights"):  # half the bytes;
+                if k in light:                                                          # load_state_dict casts back
+                    light[k] = {n: t.half() if t.is_floating_point() else t for n, t in light[k].items()}
+            light["stripped_by"] = "scripts/gpu_carry.sh: the networks a warm start reads only, weights in float16"
             torch.save(light, dst / ck.relative_to(src))
-            print(f"warm-start source: {ck.relative_to(src)} (teacher and I2I networks, float16)")
+            print(f"warm-start source: {ck.relative_to(src)} ({', '.join(k for k in light if 'weights' in k)}, "
+                  f"float16)")
 EOF
 
 tar cf - -C "$out" bench | xz -T2 -9 > "$out/bench.tar.xz" && rm -rf "$out/bench"  # xz: about 10% less

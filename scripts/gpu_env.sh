@@ -5,8 +5,10 @@
 py="${py:-${PYTHON:-python3}}"
 export PYTHONPATH="$repo:/tmp/site${PYTHONPATH:+:$PYTHONPATH}" PATH="/tmp/site/bin:$PATH" PYTHONUNBUFFERED=1
 if ! "$py" -c "import nnunetv2" 2>/dev/null; then
-    ls "$repo"/.gpu/whl/*.whl > /dev/null 2>&1 \
-        || { echo "gpu_env.sh: no nnunetv2 for $py and no .gpu/whl: run scripts/gpu_carry.sh here, carry .gpu"; return 1; }
+    if ! ls "$repo"/.gpu/whl/*.whl > /dev/null 2>&1; then
+        echo "gpu_env.sh: no nnunetv2 for $py and no .gpu/whl: run scripts/gpu_carry.sh here, carry .gpu"
+        return 1
+    fi
     "$py" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site \
         "$repo"/.gpu/whl/*.whl || return 1
 fi

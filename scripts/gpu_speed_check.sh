@@ -21,7 +21,8 @@ work="$(mktemp -d)" && trap 'rm -rf "$work"' EXIT  # the plans (not in OUT_DIR: 
 PYTHON="$py" bash "$repo/scripts/msd_lung_like_plans.sh" "$work" > /dev/null || exit 1
 plans="$work/nnUNet_preprocessed/Dataset991_MSDLungLike/nnUNetPlans.json"
 dataset_json="$(dirname "$plans")/dataset.json"
-"$py" -c 'import torch; print(torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU", torch.__version__)'
+"$py" -c 'import torch
+print(torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU", torch.__version__)'
 methods="${METHODS:-plain cmedl cut fastcut nnUNetTrainerCMEDL_identity nnUNetTrainerCMEDL_stridedStem}"
 rc=0
 for config in ${CONFIGS:-3d_fullres 2d}; do
@@ -34,8 +35,11 @@ for config in ${CONFIGS:-3d_fullres 2d}; do
       -c "$config" --device "${DEVICE:-cuda}" --warmup "${WARMUP:-8}" --iterations "${ITERATIONS:-20}" $flag \
       --methods $methods --json "$name.json" > "$name.md" 2> "$name.log"
     status=$?
-    cat "$name.log" | grep -E '^\[' ; cat "$name.md"
-    [ $status -eq 0 ] || { echo "== $config, $mode: exit code $status (124: STEP_S ran out; 137: killed, out of memory or time)"; rc=1; }
+    grep -E '^\[' "$name.log"; cat "$name.md"
+    if [ $status -ne 0 ]; then
+        echo "== $config, $mode: exit code $status (124: STEP_S ran out; 137: killed, out of memory or time)"
+        rc=1
+    fi
   done
 done
 exit $rc
