@@ -6,6 +6,7 @@ I2I sizes, the seed, and light checkpoints for learning curves (``training/exper
 seed, as nnU-Net names them. The classes are generated here from the three tables below, so a method, a budget or a
 seed is one line.
 """
+import torch
 from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 
 from nnunet_cmedl.training import variants
@@ -94,6 +95,20 @@ class nnUNetTrainerCMEDL_longWarmAfterOnset(variants.nnUNetTrainerCMEDL_warmAfte
 
 
 METHODS["CMEDL_longWarmAfterOnset"] = nnUNetTrainerCMEDL_longWarmAfterOnset
+
+
+class nnUNetTrainerCMEDL_longWarmTumourAfterOnset(nnUNetTrainerCMEDL_longWarmAfterOnset):
+    """longWarmAfterOnset with the hint on the tumour voxels the teacher segments correctly (stop 26: with the
+    CT-teacher oracle, this mask passed on about a quarter of the teacher's lead)."""
+
+    def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
+                 device: torch.device = torch.device('cuda')):
+        super().__init__(plans, configuration, fold, dataset_json, device)
+        self.hint_mask = 'teacher_correct_foreground'
+
+
+METHODS["CMEDL_longWarmTumourAfterOnset"] = nnUNetTrainerCMEDL_longWarmTumourAfterOnset
+WARM_STARTS["CMEDL_longWarmTumourAfterOnset"] = WARM_STARTS["CMEDL_longWarmAfterOnset"]
 
 
 def warm_start_source(method: str, budget: str, fold: int = 0):
