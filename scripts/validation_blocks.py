@@ -56,6 +56,8 @@ def main(argv=None) -> int:
     p.add_argument("--fold", type=int, default=0)
     p.add_argument("--block", type=int, default=10, help="epochs per block (default 10)")
     a = p.parse_args(argv)
+    if a.block < 1:
+        p.error(f"--block {a.block}: give at least 1 epoch per block")
 
     from nnunet_cmedl.checkpoint_io import load_checkpoint
     from nnunet_cmedl.training.benchmark_trainers import trainer_name
