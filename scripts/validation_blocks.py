@@ -18,7 +18,6 @@ import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
-ONSET_DICE = 0.05  # nnUNetTrainerCMEDL.hint_onset_dice
 
 
 def blocks(values, size: int) -> str:
@@ -27,9 +26,10 @@ def blocks(values, size: int) -> str:
 
 
 def teacher_ahead_epochs(teacher, student) -> list:
-    """Epochs e >= 1 whose previous validation had the teacher ahead, once the student had begun to segment."""
+    """Epochs whose hint the gate 'teacher_ahead_after_onset' opens (the trainer's rule and onset, hint_gate_open)."""
+    from nnunet_cmedl.distillation.hint import HINT_ONSET_DICE, hint_gate_open
     return [e for e in range(1, len(teacher))
-            if teacher[e - 1] > student[e - 1] and (np.asarray(student[:e]) > ONSET_DICE).any()]
+            if hint_gate_open("teacher_ahead_after_onset", teacher[:e], student[:e], HINT_ONSET_DICE)]
 
 
 def describe(method: str, seed: int, logs: dict, size: int) -> str:

@@ -1,6 +1,7 @@
 """The accuracy benchmark's parts: seeds, exact mid-run resume, hint options, the hard tumours' CT signal, splits,
 paired tests pooled over seeds, and the evaluation of a run's checkpoints on test data."""
 import json
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -229,6 +230,20 @@ def test_hint_warm_up_ramps_and_the_gate_waits_for_the_teacher(planned_dataset, 
     g.hint_gate = "sometimes"
     with pytest.raises(ValueError, match="hint_gate"):
         g.hint_weight(5)
+
+
+def test_hint_gate_rule_is_one_function_for_the_trainer_and_the_validation_script():
+    from nnunet_cmedl.distillation.hint import hint_gate_open
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
+    from validation_blocks import teacher_ahead_epochs
+    nan = float("nan")
+    assert not hint_gate_open("teacher_ahead", [nan], [0.2], 0.05)           # a teacher without a value is not ahead
+    assert not hint_gate_open("teacher_ahead", [0.5], [nan], 0.05)
+    assert hint_gate_open("always", [], [], 0.05)
+    teacher, student = [0.3, 0.6, 0.6, 0.6, 0.1, 0.7], [0.0, 0.0, 0.3, 0.0, 0.3, 0.3]
+    # epoch e is gated by the validations of epochs < e: the teacher ahead at 0-3, behind at 4; the student's onset at 2
+    assert [e for e in range(1, 6) if hint_gate_open("teacher_ahead", teacher[:e], student[:e], 0.05)] == [1, 2, 3, 4]
+    assert teacher_ahead_epochs(teacher, student) == [3, 4]
 
 
 # ------------------------------------------------------------------------------------------------ data

@@ -6,11 +6,32 @@ their state dicts exactly as nnU-Net builds them, so stock inference loads the s
 """
 from typing import List, Optional, Sequence
 
+import numpy as np
 import torch
 from torch import nn
 from torch._dynamo import OptimizedModule
 
 from nnunet_cmedl.errors import UnsupportedSetup
+
+HINT_GATES = ('always', 'teacher_ahead', 'teacher_ahead_after_onset')
+HINT_ONSET_DICE = 0.05  # the student's validation pseudo-Dice that counts as its onset (nnUNetTrainerCMEDL)
+
+
+def hint_gate_open(gate: str, teacher: Sequence[float], student: Sequence[float], onset_dice: float) -> bool:
+    """Whether the hint gate ``gate`` lets the hint through in the epoch after these validations.
+
+    ``teacher`` and ``student`` are the validation pseudo-Dice so far, one value per epoch, oldest first (the teacher
+    on its input, pMRI; the student on CT, mean over the foreground classes). 'always': open. 'teacher_ahead': open
+    while the teacher's last value is above the student's. 'teacher_ahead_after_onset': that, once the student has
+    passed ``onset_dice`` at some validation (it has begun to segment). Before any validation a gate is shut.
+    """
+    if gate not in HINT_GATES:
+        raise ValueError(f"hint_gate {gate!r}: expected one of {', '.join(map(repr, HINT_GATES))}")
+    if gate == 'always':
+        return True
+    if not len(teacher) or not len(student) or not np.isfinite(teacher[-1]) or not teacher[-1] > student[-1]:
+        return False
+    return gate == 'teacher_ahead' or any(d > onset_dice for d in student)
 
 
 def unwrap(network: nn.Module) -> nn.Module:

@@ -35,8 +35,8 @@ from nnunetv2.utilities.helpers import dummy_context
 
 from mri_unpaired.loader import find_unpaired_folder, get_unpaired_dataloader
 from nnunet_cmedl.checkpoint_io import load_checkpoint
-from nnunet_cmedl.distillation.hint import (HINT_MASKS, HINT_TARGETS, DecoderFeatureTap, hint_loss, output_hint_loss,
-                                           teacher_correct_mask, unwrap)
+from nnunet_cmedl.distillation.hint import (HINT_MASKS, HINT_ONSET_DICE, HINT_TARGETS, DecoderFeatureTap,
+                                           hint_gate_open, hint_loss, output_hint_loss, teacher_correct_mask, unwrap)
 from nnunet_cmedl.distillation.teacher import SegmenterOnTranslated, scale_gradient
 from nnunet_cmedl.i2i import I2I_METHODS, build_i2i
 from nnunet_cmedl.i2i.cascade import previous_stage_channels
@@ -103,7 +103,7 @@ class nnUNetTrainerCMEDL(ExperimentMixin, nnUNetTrainer):
         # warm teacher the hint delayed the student's first segmentations by 2-12 epochs (issue 8, stop 21)
         self.hint_warmup_epochs = 0
         self.hint_gate = 'always'
-        self.hint_onset_dice = 0.05
+        self.hint_onset_dice = HINT_ONSET_DICE
         # 'none': MSE of the raw features (CMEDL); 'channel': each feature map standardised per sample and channel
         # over space first (instance norm without affine), so the hint matches patterns, not magnitudes
         self.hint_normalisation = 'none'
@@ -449,18 +449,11 @@ class nnUNetTrainerCMEDL(ExperimentMixin, nnUNetTrainer):
         weight = self.lambda_hint
         if self.hint_warmup_epochs > 0:
             weight *= min(1.0, epoch / self.hint_warmup_epochs)
-        if self.hint_gate in ('teacher_ahead', 'teacher_ahead_after_onset'):
-            logs = self.logger.local_logger.my_fantastic_logging
-            teacher, student = logs.get('cmedl_teacher_pseudo_dice_pmri', []), logs.get('dice_per_class_or_region', [])
-            if not teacher or not student or not np.isfinite(teacher[-1]) \
-                    or not teacher[-1] > float(np.nanmean(student[-1])):
-                weight = 0.0
-            if self.hint_gate == 'teacher_ahead_after_onset' and \
-                    not any(float(np.nanmean(d)) > self.hint_onset_dice for d in student):
-                weight = 0.0
-        elif self.hint_gate != 'always':
-            raise ValueError(f"hint_gate {self.hint_gate!r}: expected 'always', 'teacher_ahead' or "
-                             f"'teacher_ahead_after_onset'")
+        logs = self.logger.local_logger.my_fantastic_logging
+        student = [float(np.nanmean(d)) for d in logs.get('dice_per_class_or_region', [])]
+        if not hint_gate_open(self.hint_gate, logs.get('cmedl_teacher_pseudo_dice_pmri', []), student,
+                              self.hint_onset_dice):
+            weight = 0.0
         return weight
 
     def on_train_epoch_end(self, train_outputs: List[dict]):
