@@ -306,6 +306,15 @@ def test_paired_tests_pool_over_seeds_both_ways():
     assert t["seed_averaged"]["p_value"] < 0.001 and t["pooled"]["p_value"] < 1e-6
     assert t["runs"]["mean_difference"] == pytest.approx(0.05) and t["runs"]["p_value"] > 0.5
     assert (t["runs"]["n_a"], t["runs"]["n_b"]) == (3, 3)
+    # paired by seed, the run effect cancels: every seed +0.05, no spread to test against
+    assert t["runs_paired"]["n"] == 3 and t["runs_paired"]["mean_difference"] == pytest.approx(0.05)
+    assert "same amount" in t["runs_paired"]["note"]
+    # matched runs, one seed's pair missing on one side: only the seeds both have are paired
+    noisy = {s: {u: v + 0.05 + 0.01 * (-1) ** s * s for u, v in shifted[s].items()} for s in range(3)}
+    t = paired_tests(shifted, {s: noisy[s] for s in (0, 1)} | {5: noisy[2]})
+    assert t["runs_paired"]["n"] == 2 and t["runs"]["n_a"] == 3
+    t = paired_tests(shifted, noisy)
+    assert t["runs_paired"]["n_better"] == 3 and t["runs_paired"]["p_value"] < 0.05 < t["runs"]["p_value"]
 
 
 def test_benchmark_evaluates_every_checkpoint_of_a_run_on_the_test_set(planned_dataset, monkeypatch, tmp_path):

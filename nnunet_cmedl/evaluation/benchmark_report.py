@@ -10,6 +10,9 @@ Both hold the trained networks fixed: with few seeds, the variation between trai
 negative control shows to be large, docs/BENCHMARK.md) is not in them. The run-level test is reported beside them:
   runs:          each run's (seed's) mean over the tumours (cases), Welch t-test of the method's runs against the
                  baseline's; its unit is the training run.
+  runs paired:   the same means, paired by seed (the baseline's run and the method's run of one seed share the
+                 student's initial weights and, on the CPU, its batches until the methods differ): a t-test of the
+                 per-seed differences over the seeds both have; its unit is the training run too.
 """
 import contextlib
 import hashlib
@@ -25,7 +28,7 @@ from nnunet_cmedl import plotting
 from nnunet_cmedl.checkpoint_io import load_checkpoint
 from nnunet_cmedl.env import trainers_visible_to_nnunet
 from nnunet_cmedl.evaluation import per_tumour
-from nnunet_cmedl.evaluation.statistics import paired_wilcoxon, welch_t_test
+from nnunet_cmedl.evaluation.statistics import paired_t_test, paired_wilcoxon, welch_t_test
 from nnunet_cmedl.evaluation.metrics import evaluate_folders
 from nnunet_cmedl.evaluation.tables import fmt, format_table
 from mri_unpaired.atomic import atomic_file
@@ -224,7 +227,9 @@ def paired_tests(base: dict, other: dict) -> dict:
     # the run as the unit: each seed's mean over the units, the method's runs against the baseline's (all seeds of
     # each, unpaired): the between-run variation that the two tests above hold fixed
     runs = welch_t_test([_mean(v.values()) for v in other.values()], [_mean(v.values()) for v in base.values()])
-    return {"seeds": seeds, "seed_averaged": averaged, "pooled": pooled, "runs": runs}
+    # the same runs as matched pairs, one per seed that both have
+    runs_paired = paired_t_test([_mean(other[s].values()) for s in seeds], [_mean(base[s].values()) for s in seeds])
+    return {"seeds": seeds, "seed_averaged": averaged, "pooled": pooled, "runs": runs, "runs_paired": runs_paired}
 
 
 def method_stats(values: dict) -> dict:
@@ -428,7 +433,8 @@ def per_seed_differences(summary: dict):
 def tables(summary: dict) -> str:
     baseline = summary["baseline"]
     headers = ["tumours", "method", "DSC", "sDSC 2mm", "HD95 mm", "recall",
-               f"ΔDSC vs {baseline}, seed-averaged", "ΔDSC pooled (tumour x seed)", "ΔDSC runs (Welch)"]
+               f"ΔDSC vs {baseline}, seed-averaged", "ΔDSC pooled (tumour x seed)", "ΔDSC runs (Welch)",
+               "ΔDSC runs paired by seed (t)"]
     rows = []
     for difficulty in DIFFICULTIES:
         entry = summary["tumours"][difficulty]
@@ -436,14 +442,15 @@ def tables(summary: dict) -> str:
             rows.append([f"{difficulty} (n={summary['n_tumours'][difficulty]})", method,
                          *(_cell(entry[k][method]) for k in per_tumour.PER_TUMOUR_METRICS),
                          _p(entry["dsc"][method], "seed_averaged"), _p(entry["dsc"][method], "pooled"),
-                         _p(entry["dsc"][method], "runs")])
+                         _p(entry["dsc"][method], "runs"), _p(entry["dsc"][method], "runs_paired")])
     out = format_table(headers, rows, "Per tumour at the final checkpoint (mean over tumours, then mean ± sd over "
-                                      "seeds; neighbourhood 10 mm; paired two-sided Wilcoxon)")
+                                      "seeds; neighbourhood 10 mm; paired two-sided Wilcoxon over tumours; over runs, "
+                                      "Welch and a paired t-test of the matched seeds)")
     headers = ["method", "DSC", "sDSC 2mm", "HD95 mm", f"ΔDSC vs {baseline}, seed-averaged", "ΔDSC pooled",
-               "ΔDSC runs (Welch)", "train min/run*"]
+               "ΔDSC runs (Welch)", "ΔDSC runs paired by seed (t)", "train min/run*"]
     rows = [[m, *(_cell(summary["cases"][k][m]) for k in ("dsc", "sdsc", "hd95")),
-             _p(summary["cases"]["dsc"][m], "seed_averaged"), _p(summary["cases"]["dsc"][m], "pooled"),
-             _p(summary["cases"]["dsc"][m], "runs"), fmt(summary["minutes_per_run"][m], 1)]
+             *(_p(summary["cases"]["dsc"][m], how) for how in ("seed_averaged", "pooled", "runs", "runs_paired")),
+             fmt(summary["minutes_per_run"][m], 1)]
             for m in summary["cases"]["dsc"]]
     out += "\n\n" + format_table(headers, rows, f"Per case (n={summary['n_test_cases']} test cases)")
     out += ("\n* epochs x the run's fastest epoch (an idle machine's time; as measured, with whatever else ran: "

@@ -62,3 +62,26 @@ def welch_t_test(a: Sequence[float], b: Sequence[float]) -> dict:
         warnings.simplefilter("ignore")
         out["p_value"] = float(stats.ttest_ind(a, b, equal_var=False).pvalue)
     return out
+
+
+def paired_t_test(a: Sequence[float], b: Sequence[float]) -> dict:
+    """Two-sided paired t-test (a one-sample t-test of the differences a - b), e.g. one value per seed of two methods
+    trained with the same seeds: the runs of one seed are matched pairs (on the CPU they share the student's initial
+    weights and batches until the methods differ), and the differences of different seeds are independent whatever
+    the pair shares, so the training run stays the unit. Also the Wilcoxon signed-rank p of the same differences."""
+    pairs = [(x, y) for x, y in zip(a, b) if np.isfinite(x) and np.isfinite(y)]
+    d = np.asarray([x - y for x, y in pairs], dtype=np.float64)
+    out = {"n": int(d.size), "mean_difference": float(d.mean()) if d.size else float("nan"),
+           "sd_difference": float(d.std(ddof=1)) if d.size > 1 else float("nan"), "n_better": int((d > 0).sum()),
+           "p_value": float("nan"), "wilcoxon_p": float("nan"), "note": ""}
+    if d.size < 2:
+        out["note"] = "no test: fewer than 2 matched pairs"
+        return out
+    if np.ptp(d) <= 1e-12:  # up to rounding
+        out["note"] = "no test: every pair differs by the same amount"
+        return out
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        out["p_value"] = float(stats.ttest_1samp(d, 0.0).pvalue)
+    out["wilcoxon_p"] = paired_wilcoxon(d, np.zeros_like(d))["p_value"]
+    return out
