@@ -46,6 +46,8 @@ METHODS = {
     "CMEDL_ctTeacherAfterOnset": oracle.nnUNetTrainerCMEDL_ctTeacherAfterOnset,
     "CMEDL_ctTeacherOutputsAfterOnset": oracle.nnUNetTrainerCMEDL_ctTeacherOutputsAfterOnset,
     "CMEDL_ctTeacherTumourAfterOnset": oracle.nnUNetTrainerCMEDL_ctTeacherTumourAfterOnset,
+    # a control (stop 27): the same CT teacher, trained on the student's 10 labelled cases only, 3x as long
+    "CMEDL_ctTeacherSameLabelsTumourAfterOnset": oracle.nnUNetTrainerCMEDL_ctTeacherSameLabelsTumourAfterOnset,
 }
 # methods whose batches need ``nnunet_cmedl paired-mri`` (the benchmark runs it when one of them is asked for)
 PAIRED_MRI_METHODS = ("CMEDL_pairedOracleNoHint", "CMEDL_pairedOracleAfterOnset")
@@ -87,6 +89,8 @@ WARM_STARTS["CMEDL_pairedOracleAfterOnset"] = ("CMEDL_pairedOracleNoHint", 0, No
 # stop 25: the best CT network this benchmark trains, plain nnU-Net on the reference fold (4x the labels), 3x as long
 for _method in ("CMEDL_ctTeacherAfterOnset", "CMEDL_ctTeacherOutputsAfterOnset", "CMEDL_ctTeacherTumourAfterOnset"):
     WARM_STARTS[_method] = ("nnU-Net", 0, "benchLong", 1)
+# stop 27: plain nnU-Net on the student's own fold, as long as longWarm's pre-training (seed 3, like that one)
+WARM_STARTS["CMEDL_ctTeacherSameLabelsTumourAfterOnset"] = ("nnU-Net", 3, "benchLong", 0)
 
 
 class nnUNetTrainerCMEDL_longWarmAfterOnset(variants.nnUNetTrainerCMEDL_warmAfterOnset):
@@ -109,6 +113,15 @@ class nnUNetTrainerCMEDL_longWarmTumourAfterOnset(nnUNetTrainerCMEDL_longWarmAft
 
 METHODS["CMEDL_longWarmTumourAfterOnset"] = nnUNetTrainerCMEDL_longWarmTumourAfterOnset
 WARM_STARTS["CMEDL_longWarmTumourAfterOnset"] = WARM_STARTS["CMEDL_longWarmAfterOnset"]
+
+
+class nnUNetTrainerCMEDL_longWarmTumourAfterOnsetPre4(nnUNetTrainerCMEDL_longWarmTumourAfterOnset):
+    """longWarmTumourAfterOnset from another pre-training (CMEDL_noHint seed 4 at the long budget, not seed 3): does
+    its gain (stop 27) belong to the method or to one lucky generator and teacher?"""
+
+
+METHODS["CMEDL_longWarmTumourAfterOnsetPre4"] = nnUNetTrainerCMEDL_longWarmTumourAfterOnsetPre4
+WARM_STARTS["CMEDL_longWarmTumourAfterOnsetPre4"] = ("CMEDL_noHint", 4, "benchLong")
 
 
 def warm_start_source(method: str, budget: str, fold: int = 0):

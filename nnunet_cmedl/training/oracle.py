@@ -199,3 +199,10 @@ class nnUNetTrainerCMEDL_ctTeacherTumourAfterOnset(nnUNetTrainerCMEDL_ctTeacherA
                  device: torch.device = torch.device('cuda')):
         super().__init__(plans, configuration, fold, dataset_json, device)
         self.hint_mask = 'teacher_correct_foreground'
+
+
+class nnUNetTrainerCMEDL_ctTeacherSameLabelsTumourAfterOnset(nnUNetTrainerCMEDL_ctTeacherTumourAfterOnset):
+    """A control for CMEDL_longWarmTumourAfterOnset (stop 27), not an oracle: the same hint, mask and gate, with a CT
+    teacher trained on the student's own labelled cases for as long as that method's pMRI teacher was pre-trained
+    (the benchmark warm-starts it from plain nnU-Net on fold 0, 3600 iterations). Does the student gain from what the
+    pMRI shows, or from distilling a teacher trained longer on the same labels?"""
