@@ -29,6 +29,17 @@ def test_every_command_has_a_console_script():
     assert scripts["nnunet_cmedl"] == "nnunet_cmedl.cli:main"
 
 
+def test_every_trainer_the_docs_tell_users_to_train_exists_and_is_exported():
+    """A `-tr NAME` in README.md or docs/*.md names a trainer that nnU-Net's lookup finds (the ext_trainers module
+    re-exports nnunet_cmedl.training.__all__): the README's recipes, the two-step one included, stay runnable."""
+    from nnunet_cmedl import training
+    named = {name for doc in [REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))]
+             for name in re.findall(r"-tr (nnUNetTrainer\w+)", doc.read_text())}
+    assert {"nnUNetTrainerCMEDL", "nnUNetTrainerCMEDL_noHint", "nnUNetTrainerCMEDL_warmTumourAfterOnset"} <= named
+    missing = sorted(name for name in named if name not in training.__all__ or not hasattr(training, name))
+    assert not missing, f"named in the docs, not exported: {missing}"
+
+
 def test_usage_and_unknown_command():
     r = subprocess.run([sys.executable, "-m", "nnunet_cmedl.cli"], capture_output=True, text=True)
     assert r.returncode == 2 and "commands:" in r.stdout

@@ -15,6 +15,7 @@ from nnunet_cmedl.training.variants import (nnUNetTrainer_cpuBudget, nnUNetTrain
                                             nnUNetTrainerCMEDL_teacherAheadMasked, nnUNetTrainerCMEDL_teacherAheadWarm,
                                             nnUNetTrainerCMEDL_warmMasked, nnUNetTrainerCMEDL_warmTumourMasked,
                                             nnUNetTrainerCMEDL_warmOutputHint, nnUNetTrainerCMEDL_warmAfterOnset,
+                                            nnUNetTrainerCMEDL_warmTumourAfterOnset,
                                             nnUNetTrainerCMEDL_tseg5, nnUNetTrainerCMEDL_hintNorm,
                                             nnUNetTrainerPseudoMRI_tinyCPU, nnUNetTrainerCTPseudoMRI_tinyCPU)
 from nnunet_cmedl.training.strategies import nnUNetTrainerCTPseudoMRI, nnUNetTrainerPseudoMRI
@@ -33,7 +34,7 @@ __all__ = ["nnUNetTrainerCMEDL", "nnUNetTrainerCMEDL_5epochs", "nnUNetTrainerCME
            "nnUNetTrainerCMEDL_teacherAhead", "nnUNetTrainerCMEDL_teacherAheadMasked",
            "nnUNetTrainerCMEDL_teacherAheadWarm", "nnUNetTrainerCMEDL_warmMasked",
            "nnUNetTrainerCMEDL_warmTumourMasked", "nnUNetTrainerCMEDL_warmOutputHint",
-           "nnUNetTrainerCMEDL_warmAfterOnset", "nnUNetTrainerCMEDL_tseg5",
+           "nnUNetTrainerCMEDL_warmAfterOnset", "nnUNetTrainerCMEDL_warmTumourAfterOnset", "nnUNetTrainerCMEDL_tseg5",
            "nnUNetTrainerCMEDL_hintNorm",
            "nnUNetTrainerPseudoMRI", "nnUNetTrainerCTPseudoMRI", "nnUNetTrainerPseudoMRI_tinyCPU",
            "nnUNetTrainerCTPseudoMRI_tinyCPU", "nnUNetTrainerCMEDL_pairedOracle",

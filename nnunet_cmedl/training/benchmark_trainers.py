@@ -6,7 +6,6 @@ I2I sizes, the seed, and light checkpoints for learning curves (``training/exper
 seed, as nnU-Net names them. The classes are generated here from the three tables below, so a method, a budget or a
 seed is one line.
 """
-import torch
 from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 
 from nnunet_cmedl.training import variants
@@ -101,14 +100,10 @@ class nnUNetTrainerCMEDL_longWarmAfterOnset(variants.nnUNetTrainerCMEDL_warmAfte
 METHODS["CMEDL_longWarmAfterOnset"] = nnUNetTrainerCMEDL_longWarmAfterOnset
 
 
-class nnUNetTrainerCMEDL_longWarmTumourAfterOnset(nnUNetTrainerCMEDL_longWarmAfterOnset):
-    """longWarmAfterOnset with the hint on the tumour voxels the teacher segments correctly (stop 26: with the
-    CT-teacher oracle, this mask passed on about a quarter of the teacher's lead)."""
-
-    def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
-                 device: torch.device = torch.device('cuda')):
-        super().__init__(plans, configuration, fold, dataset_json, device)
-        self.hint_mask = 'teacher_correct_foreground'
+class nnUNetTrainerCMEDL_longWarmTumourAfterOnset(variants.nnUNetTrainerCMEDL_warmTumourAfterOnset):
+    """warmTumourAfterOnset (the hint on the tumour voxels the teacher segments correctly; stop 26: with the
+    CT-teacher oracle, this mask passed on about a quarter of the teacher's lead) under its own name, for the
+    benchmark's runs warm-started from the 3x longer pre-training (WARM_STARTS), as longWarmAfterOnset."""
 
 
 METHODS["CMEDL_longWarmTumourAfterOnset"] = nnUNetTrainerCMEDL_longWarmTumourAfterOnset
