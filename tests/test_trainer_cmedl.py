@@ -421,3 +421,29 @@ def test_hint_both_ways_variant_moves_the_teacher_too(started_trainer, tmp_path)
     assert not weights_equal(teacher_0, teacher_1)
     assert not weights_equal(student_0, student_1)
 
+
+
+@pytest.mark.parametrize("started_trainer", [TINY], indirect=True)
+def test_a_gated_hint_weight_is_computed_once_per_epoch_not_per_step(started_trainer, monkeypatch):
+    """The gate reads the pseudo-Dice of every epoch so far: train_step takes the epoch's weight, computed when the
+    epoch starts (or again when lambda_hint or the gate changes), not once per iteration."""
+    trainer, batch = started_trainer
+    trainer.hint_gate, trainer.hint_mask = "teacher_ahead_after_onset", "teacher_correct_foreground"  # _warmTumour...
+    logs = trainer.logger.local_logger.my_fantastic_logging
+    calls = []
+    original = trainer.hint_weight
+    monkeypatch.setattr(trainer, "hint_weight", lambda epoch: calls.append(epoch) or original(epoch))
+    trainer.current_epoch = 2
+    logs["dice_per_class_or_region"] = [[0.0], [0.3]]      # the student has started ...
+    logs["cmedl_teacher_pseudo_dice_pmri"] = [0.5, 0.6]    # ... and the teacher is ahead: the gate is open
+    trainer.on_train_epoch_start()
+    for _ in range(3):
+        assert np.isfinite(trainer.train_step(batch)["hint"])
+    assert calls == [2] and trainer.epoch_hint_weight() == 1.0
+    trainer.lambda_hint = 0.5
+    assert trainer.epoch_hint_weight() == 0.5 and calls == [2, 2]
+    logs["cmedl_teacher_pseudo_dice_pmri"].append(0.0)     # the next validation: the teacher behind, the gate closes
+    logs["dice_per_class_or_region"].append([0.3])
+    trainer.current_epoch = 3
+    trainer.on_train_epoch_start()
+    assert trainer.epoch_hint_weight() == 0.0 and calls == [2, 2, 3]

@@ -104,6 +104,7 @@ class nnUNetTrainerCMEDL(ExperimentMixin, nnUNetTrainer):
         self.hint_warmup_epochs = 0
         self.hint_gate = 'always'
         self.hint_onset_dice = HINT_ONSET_DICE
+        self._hint_weight_cache = (None, None)   # epoch_hint_weight: (its inputs, the weight)
         # 'none': MSE of the raw features (CMEDL); 'channel': each feature map standardised per sample and channel
         # over space first (instance norm without affine), so the hint matches patterns, not magnitudes
         self.hint_normalisation = 'none'
@@ -275,7 +276,7 @@ class nnUNetTrainerCMEDL(ExperimentMixin, nnUNetTrainer):
             loss_teacher = self.loss(output_teacher, target)
             loss_student = self.loss(output_student, target)
             loss_hint = self.hint(student_features, teacher_features, output_student, output_teacher, target)
-            weight_hint = self.hint_weight(self.current_epoch)
+            weight_hint = self.epoch_hint_weight()
             loss_translation = i2i.loss + loss_teacher           # trains the generators and the teacher
             loss_distilled_student = loss_student + weight_hint * loss_hint
         # CMEDL's loss sum, loss_translation + loss_distilled_student, in one backward. With the teacher's features
@@ -439,17 +440,28 @@ class nnUNetTrainerCMEDL(ExperimentMixin, nnUNetTrainer):
         for scheduler in (self.lr_scheduler_generators, self.lr_scheduler_discriminators):
             set_epoch(scheduler, self.current_epoch)
         self._snapshot_due = self.local_rank == 0 and self.current_epoch % self.save_snapshot_every == 0
-        weight = self.hint_weight(self.current_epoch)
+        self._hint_weight_cache = (None, None)  # the last validation's logs are new
+        weight = self.epoch_hint_weight()
         if weight != self.lambda_hint:
             self.print_to_log_file(f"hint weight this epoch: {weight:.4g} (lambda_hint {self.lambda_hint}, "
                                    f"warm-up {self.hint_warmup_epochs} epochs, gate {self.hint_gate})")
+
+    def epoch_hint_weight(self) -> float:
+        """hint_weight of the current epoch, computed once per epoch rather than in every train_step (a gate reads
+        the pseudo-Dice of every epoch so far); recomputed when an attribute it depends on changes."""
+        key = (self.current_epoch, self.lambda_hint, self.hint_warmup_epochs, self.hint_gate, self.hint_onset_dice)
+        cached_key, weight = self._hint_weight_cache
+        if cached_key != key:
+            weight = self.hint_weight(self.current_epoch)
+            self._hint_weight_cache = (key, weight)
+        return weight
 
     def hint_weight(self, epoch: int) -> float:
         """lambda_hint in this epoch: the warm-up ramp, times the gate (see hint_warmup_epochs / hint_gate)."""
         weight = self.lambda_hint
         if self.hint_warmup_epochs > 0:
             weight *= min(1.0, epoch / self.hint_warmup_epochs)
-        if self.hint_gate != 'always':  # train_step asks every iteration: CMEDL's default reads no logs
+        if self.hint_gate != 'always':
             logs = self.logger.local_logger.my_fantastic_logging
             student = [float(np.nanmean(d)) for d in logs.get('dice_per_class_or_region', [])]
             if not hint_gate_open(self.hint_gate, logs.get('cmedl_teacher_pseudo_dice_pmri', []), student,
