@@ -29,6 +29,8 @@ METHODS = {
     "CMEDL_warmTumourMasked": variants.nnUNetTrainerCMEDL_warmTumourMasked,
     "CMEDL_warmOutputHint": variants.nnUNetTrainerCMEDL_warmOutputHint,
     "CMEDL_warmAfterOnset": variants.nnUNetTrainerCMEDL_warmAfterOnset,
+    # the user trainer of the two-step recipe (README), its pre-training as long as its own training (stop 28)
+    "CMEDL_warmTumourAfterOnset": variants.nnUNetTrainerCMEDL_warmTumourAfterOnset,
     "CMEDL_tseg5": variants.nnUNetTrainerCMEDL_tseg5,
     "CMEDL_hintNorm": variants.nnUNetTrainerCMEDL_hintNorm,
     "CMEDL_identity": variants.nnUNetTrainerCMEDL_identity,
@@ -79,7 +81,7 @@ SEEDS = range(10)
 # first)
 WARM_STARTS = {method: ("CMEDL_noHint", 0, None)
                for method in ("CMEDL_teacherAheadWarm", "CMEDL_warmMasked", "CMEDL_warmTumourMasked",
-                              "CMEDL_warmOutputHint", "CMEDL_warmAfterOnset")}
+                              "CMEDL_warmOutputHint", "CMEDL_warmAfterOnset", "CMEDL_warmTumourAfterOnset")}
 # stop 23: the pre-training trained 3x as long (3600 iterations), so that the generator renders the lung tumours:
 # does a teacher that is ahead on more tumours teach the student more? Seed 3: beside plain nnU-Net's benchLong seed 3
 WARM_STARTS["CMEDL_longWarmAfterOnset"] = ("CMEDL_noHint", 3, "benchLong")
