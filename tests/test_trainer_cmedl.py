@@ -422,7 +422,6 @@ def test_hint_both_ways_variant_moves_the_teacher_too(started_trainer, tmp_path)
     assert not weights_equal(student_0, student_1)
 
 
-
 @pytest.mark.parametrize("started_trainer", [TINY], indirect=True)
 def test_a_gated_hint_weight_is_computed_once_per_epoch_not_per_step(started_trainer, monkeypatch):
     """The gate reads the pseudo-Dice of every epoch so far: train_step takes the epoch's weight, computed when the

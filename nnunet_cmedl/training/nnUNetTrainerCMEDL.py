@@ -461,12 +461,11 @@ class nnUNetTrainerCMEDL(ExperimentMixin, nnUNetTrainer):
         weight = self.lambda_hint
         if self.hint_warmup_epochs > 0:
             weight *= min(1.0, epoch / self.hint_warmup_epochs)
-        if self.hint_gate != 'always':
-            logs = self.logger.local_logger.my_fantastic_logging
-            student = [float(np.nanmean(d)) for d in logs.get('dice_per_class_or_region', [])]
-            if not hint_gate_open(self.hint_gate, logs.get('cmedl_teacher_pseudo_dice_pmri', []), student,
-                                  self.hint_onset_dice):
-                weight = 0.0
+        logs = self.logger.local_logger.my_fantastic_logging
+        student = [float(np.nanmean(d)) for d in logs.get('dice_per_class_or_region', [])]
+        if not hint_gate_open(self.hint_gate, logs.get('cmedl_teacher_pseudo_dice_pmri', []), student,
+                              self.hint_onset_dice):
+            weight = 0.0
         return weight
 
     def on_train_epoch_end(self, train_outputs: List[dict]):
