@@ -12,6 +12,7 @@ from conftest import BIN, DATASET_ID, REPO, SMALL_2D, SMALL_3D, cli, run
 
 ORACLE = "nnUNetTrainerCMEDL_pairedOracleNoHint_benchSmoke_seed0"
 ORACLE_HINT = "nnUNetTrainerCMEDL_pairedOracleAfterOnset_benchSmoke_seed0"
+ORACLE_TUMOUR = "nnUNetTrainerCMEDL_pairedOracleTumourAfterOnset_benchSmoke_seed0"  # the hint on the tumours only
 
 
 @pytest.fixture(scope="module")
@@ -117,10 +118,11 @@ def test_channel_stack_crops_as_the_concatenated_case_would():
 def test_oracle_trains_through_the_stock_cli_and_its_student_is_a_ct_network(paired):
     env = dict(paired["env"], nnUNet_cmedl_skip_final_validation="1")
     results = paired["root"] / "nnUNet_results" / paired["dataset_name"]
-    for trainer in (ORACLE, ORACLE_HINT):  # the second warm-starts from the first (benchmark_trainers.WARM_STARTS)
+    for trainer in (ORACLE, ORACLE_TUMOUR, ORACLE_HINT):  # the hinted ones warm-start from the first (WARM_STARTS)
         r = run([BIN / "nnUNetv2_train", DATASET_ID, SMALL_2D, 0, "-tr", trainer, "-device", "cpu"], env)
         assert "Training done" in r.stdout
-    assert "warm start: generators, discriminators and teacher from" in r.stdout and ORACLE in r.stdout
+        if trainer != ORACLE:
+            assert "warm start: generators, discriminators and teacher from" in r.stdout and ORACLE in r.stdout
     ckpt = torch.load(results / f"{ORACLE_HINT}__nnUNetPlans__{SMALL_2D}" / "fold_0" / "checkpoint_final.pth",
                       map_location="cpu", weights_only=False)
     assert ckpt["cmedl_i2i_method"] == "paired_oracle"

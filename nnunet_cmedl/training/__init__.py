@@ -20,7 +20,8 @@ from nnunet_cmedl.training.variants import (nnUNetTrainer_cpuBudget, nnUNetTrain
                                             nnUNetTrainerPseudoMRI_tinyCPU, nnUNetTrainerCTPseudoMRI_tinyCPU)
 from nnunet_cmedl.training.strategies import nnUNetTrainerCTPseudoMRI, nnUNetTrainerPseudoMRI
 from nnunet_cmedl.training.oracle import (nnUNetTrainerCMEDL_pairedOracle, nnUNetTrainerCMEDL_pairedOracleAfterOnset,
-                                         nnUNetTrainerCMEDL_pairedOracleNoHint)
+                                         nnUNetTrainerCMEDL_pairedOracleNoHint,
+                                         nnUNetTrainerCMEDL_pairedOracleTumourAfterOnset)
 from nnunet_cmedl.training import benchmark_trainers
 from nnunet_cmedl.training.benchmark_trainers import *  # noqa: F401,F403  (generated: see that module)
 
@@ -39,4 +40,5 @@ __all__ = ["nnUNetTrainerCMEDL", "nnUNetTrainerCMEDL_5epochs", "nnUNetTrainerCME
            "nnUNetTrainerPseudoMRI", "nnUNetTrainerCTPseudoMRI", "nnUNetTrainerPseudoMRI_tinyCPU",
            "nnUNetTrainerCTPseudoMRI_tinyCPU", "nnUNetTrainerCMEDL_pairedOracle",
            "nnUNetTrainerCMEDL_pairedOracleNoHint", "nnUNetTrainerCMEDL_pairedOracleAfterOnset",
+           "nnUNetTrainerCMEDL_pairedOracleTumourAfterOnset",
            *benchmark_trainers.__all__]

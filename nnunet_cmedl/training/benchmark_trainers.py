@@ -43,6 +43,7 @@ METHODS = {
     # diagnostics, not methods (oracle.py): the teacher on each CT patient's own MRI, which only the phantom has
     "CMEDL_pairedOracleNoHint": oracle.nnUNetTrainerCMEDL_pairedOracleNoHint,
     "CMEDL_pairedOracleAfterOnset": oracle.nnUNetTrainerCMEDL_pairedOracleAfterOnset,
+    "CMEDL_pairedOracleTumourAfterOnset": oracle.nnUNetTrainerCMEDL_pairedOracleTumourAfterOnset,
     # ... and a second CT network for teacher, started from plain nnU-Net trained on 4x the labels, 3x as long
     "CMEDL_ctTeacherAfterOnset": oracle.nnUNetTrainerCMEDL_ctTeacherAfterOnset,
     "CMEDL_ctTeacherOutputsAfterOnset": oracle.nnUNetTrainerCMEDL_ctTeacherOutputsAfterOnset,
@@ -51,7 +52,7 @@ METHODS = {
     "CMEDL_ctTeacherSameLabelsTumourAfterOnset": oracle.nnUNetTrainerCMEDL_ctTeacherSameLabelsTumourAfterOnset,
 }
 # methods whose batches need ``nnunet_cmedl paired-mri`` (the benchmark runs it when one of them is asked for)
-PAIRED_MRI_METHODS = ("CMEDL_pairedOracleNoHint", "CMEDL_pairedOracleAfterOnset")
+PAIRED_MRI_METHODS = tuple(m for m, c in METHODS.items() if issubclass(c, oracle.nnUNetTrainerCMEDL_pairedOracle))
 # budget -> attributes; I2I sizes apply to CMEDL trainers only
 BUDGETS = {
     # 2 CPU cores: 1200 iterations of batch 8 on 64x64 patches (nnunet_cmedl benchmark adds that configuration);
@@ -86,7 +87,8 @@ WARM_STARTS = {method: ("CMEDL_noHint", 0, None)
 # does a teacher that is ahead on more tumours teach the student more? Seed 3: beside plain nnU-Net's benchLong seed 3
 WARM_STARTS["CMEDL_longWarmAfterOnset"] = ("CMEDL_noHint", 3, "benchLong")
 # stop 24: the teacher trained on the true MRI of each CT patient (an oracle) is the warm start
-WARM_STARTS["CMEDL_pairedOracleAfterOnset"] = ("CMEDL_pairedOracleNoHint", 0, None)
+for _method in ("CMEDL_pairedOracleAfterOnset", "CMEDL_pairedOracleTumourAfterOnset"):
+    WARM_STARTS[_method] = ("CMEDL_pairedOracleNoHint", 0, None)
 # stop 25: the best CT network this benchmark trains, plain nnU-Net on the reference fold (4x the labels), 3x as long
 for _method in ("CMEDL_ctTeacherAfterOnset", "CMEDL_ctTeacherOutputsAfterOnset", "CMEDL_ctTeacherTumourAfterOnset"):
     WARM_STARTS[_method] = ("nnU-Net", 0, "benchLong", 1)

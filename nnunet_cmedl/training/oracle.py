@@ -148,6 +148,18 @@ class nnUNetTrainerCMEDL_pairedOracleAfterOnset(nnUNetTrainerCMEDL_pairedOracle)
         self.warm_start = 'nnUNetTrainerCMEDL_pairedOracleNoHint'
 
 
+class nnUNetTrainerCMEDL_pairedOracleTumourAfterOnset(nnUNetTrainerCMEDL_pairedOracleAfterOnset):
+    """The oracle with the hint only on the tumour voxels the teacher segments correctly (hint_mask
+    'teacher_correct_foreground', the mask of ``CMEDL_warmTumourAfterOnset``). Stop 24's oracle, hinted over every
+    voxel, made its student worse; with a CT teacher this mask passed on a quarter of the lead (stop 26). With the
+    best teacher a generator could give (the true MRI), does the only hint that has helped pass anything on?"""
+
+    def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
+                 device: torch.device = torch.device('cuda')):
+        super().__init__(plans, configuration, fold, dataset_json, device)
+        self.hint_mask = 'teacher_correct_foreground'
+
+
 class nnUNetTrainerCMEDL_ctTeacher(nnUNetTrainerCMEDL):
     """CMEDL whose teacher is a second CT network, warm-started from plain nnU-Net (module docstring): set
     ``warm_start`` (and ``warm_start_fold``) to a plain nnU-Net run, e.g. one trained on more labels."""
