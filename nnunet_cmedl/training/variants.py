@@ -341,8 +341,9 @@ class nnUNetTrainerCMEDL_warmAfterOnset(nnUNetTrainerCMEDL_teacherAheadWarm):
 class nnUNetTrainerCMEDL_warmTumourAfterOnset(nnUNetTrainerCMEDL_warmAfterOnset):
     """warmAfterOnset with the hint only on the tumour voxels the teacher segments correctly: the best CMEDL setting
     measured here (issue 8, stop 27: from a pre-training 3x as long as the student's training, hard tumours +0.069
-    over 10 seeds; stop 28: with the student trained as long as the pre-training, hard -0.039 against plain nnU-Net
-    trained as long). Two steps: train nnUNetTrainerCMEDL_noHint (the generator and the teacher on pMRI), then this."""
+    over 10 seeds; stops 28-29: with the student trained as long as the pre-training, hard -0.049 against plain
+    nnU-Net trained as long, 5 of 5 seeds worse). Two steps: train nnUNetTrainerCMEDL_noHint (the generator and the
+    teacher on pMRI), then this."""
 
     def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
                  device: torch.device = torch.device('cuda')):
