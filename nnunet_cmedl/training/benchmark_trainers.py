@@ -123,6 +123,18 @@ METHODS["CMEDL_longWarmTumourAfterOnsetPre4"] = nnUNetTrainerCMEDL_longWarmTumou
 WARM_STARTS["CMEDL_longWarmTumourAfterOnsetPre4"] = ("CMEDL_noHint", 4, "benchLong")
 
 
+class nnUNetTrainerCMEDL_ctTeacherSameRunTumourAfterOnset(oracle.nnUNetTrainerCMEDL_ctTeacherTumourAfterOnset):
+    """A control for the two-step user trainer ``CMEDL_warmTumourAfterOnset`` (stop 30), not a method: its teacher is
+    the CT network of that method's own pre-training run (``CMEDL_noHint`` seed 0 at the same budget, whose student is
+    plain nnU-Net seed 0 bit for bit on the CPU, so the benchmark warm-starts from that run), with the same hint, mask
+    and gate. Both students see the same pre-training, one through its pMRI teacher, the other through its CT
+    network: does the two-step student's gain need the MRI at all?"""
+
+
+METHODS["CMEDL_ctTeacherSameRunTumourAfterOnset"] = nnUNetTrainerCMEDL_ctTeacherSameRunTumourAfterOnset
+WARM_STARTS["CMEDL_ctTeacherSameRunTumourAfterOnset"] = ("nnU-Net", 0, None, 0)
+
+
 def warm_start_source(method: str, budget: str, fold: int = 0):
     """(method, seed, budget, fold) of the run that ``method`` at ``budget`` and ``fold`` warm-starts from; None if it
     starts fresh."""
