@@ -536,7 +536,7 @@ def test_benchmark_and_demo_reuse_only_a_finished_run_of_the_same_trainer_config
         ("nnUNetTrainer_benchLong_seed0", 1, "nnU-Net_4xLabels"),
         ("nnUNetTrainerCMEDL_ctTeacherAfterOnset_benchCPU_seed2", 0, "CMEDL_ctTeacherAfterOnset")]
     # the two-step trainer's control: its teacher plain nnU-Net seed 0 on the student's fold at the same budget, the
-    # CT network of CMEDL_warmTumourAfterOnset's pre-training (CMEDL_noHint seed 0), trained once, before both
+    # CT network of CMEDL_warmTumourAfterOnset's pre-training (CMEDL_noHint seed 0), trained before the control
     runs = benchmark.plan_runs(["CMEDL_warmTumourAfterOnset", "CMEDL_ctTeacherSameRunTumourAfterOnset"], [3], [],
                                "benchLong", Data, Steps)
     assert [(r.trainer, r.fold) for r in benchmark.with_warm_starts(runs, Data, Steps)] == [
