@@ -127,8 +127,8 @@ class nnUNetTrainerCMEDL_ctTeacherSameRunTumourAfterOnset(oracle.nnUNetTrainerCM
     """A control for the two-step user trainer ``CMEDL_warmTumourAfterOnset`` (stop 30), not a method: its teacher is
     the CT network of that method's own pre-training run (``CMEDL_noHint`` seed 0 at the same budget, whose student is
     plain nnU-Net seed 0 bit for bit on the CPU, so the benchmark warm-starts from plain nnU-Net seed 0), with the
-    same hint, mask and gate. Both students see the same pre-training, one through its pMRI teacher, the other through its CT
-    network: does the two-step student's gain need the MRI at all?"""
+    same hint, mask and gate. Both students see the same pre-training, one through its pMRI teacher, the other
+    through its CT network: does the two-step student's gain need the MRI at all?"""
 
 
 METHODS["CMEDL_ctTeacherSameRunTumourAfterOnset"] = nnUNetTrainerCMEDL_ctTeacherSameRunTumourAfterOnset
