@@ -540,8 +540,10 @@ def test_benchmark_and_demo_reuse_only_a_finished_run_of_the_same_trainer_config
     runs = benchmark.plan_runs(["CMEDL_warmTumourAfterOnset", "CMEDL_ctTeacherSameRunTumourAfterOnset"], [3], [],
                                "benchLong", Data, Steps)
     assert [(r.trainer, r.fold) for r in benchmark.with_warm_starts(runs, Data, Steps)] == [
-        ("nnUNetTrainerCMEDL_noHint_benchLong_seed0", 0), ("nnUNetTrainerCMEDL_warmTumourAfterOnset_benchLong_seed3", 0),
-        ("nnUNetTrainer_benchLong_seed0", 0), ("nnUNetTrainerCMEDL_ctTeacherSameRunTumourAfterOnset_benchLong_seed3", 0)]
+        ("nnUNetTrainerCMEDL_noHint_benchLong_seed0", 0),
+        ("nnUNetTrainerCMEDL_warmTumourAfterOnset_benchLong_seed3", 0),
+        ("nnUNetTrainer_benchLong_seed0", 0),
+        ("nnUNetTrainerCMEDL_ctTeacherSameRunTumourAfterOnset_benchLong_seed3", 0)]
 
 
 def test_demo_and_benchmark_reuse_a_synthetic_dataset_only_with_the_same_settings(tmp_path):
