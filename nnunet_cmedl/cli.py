@@ -24,6 +24,8 @@ COMMANDS = {
     "panels": ("nnunet_cmedl.evaluation.panels", "PNG panels: CT, pMRI, MRI, reference/student/teacher contours"),
     "report": ("nnunet_cmedl.evaluation.report", "one HTML page for a trained model: curves, metrics, comparison"),
     "benchmark": ("nnunet_cmedl.benchmark", "train plain nnU-Net and CMEDL with the same budget and compare them"),
+    "benchmark-merge": ("nnunet_cmedl.evaluation.benchmark_merge", "one benchmark summary (tests, curves, figures) "
+                                                                   "from several, e.g. seeds of different sessions"),
     "benchmark-speed": ("nnunet_cmedl.speed", "training s/iteration and peak memory, plain nnU-Net vs. CMEDL variants"),
 }
 

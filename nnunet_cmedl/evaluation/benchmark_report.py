@@ -34,6 +34,7 @@ from nnunet_cmedl.evaluation.tables import fmt, format_table
 from mri_unpaired.atomic import atomic_file
 
 DIFFICULTIES = ("hard", "easy", "all")
+CASE_METRICS = ("dsc", "sdsc", "hd95")
 COMPLETE = ".benchmark_prediction_complete"
 
 
@@ -183,7 +184,7 @@ def evaluate_prediction(labels: Path, folder: Path, metadata: dict, key: str) ->
         if cached.get("predictions_sha1") == fingerprint:
             return cached
     cases = evaluate_folders(labels, folder, labels=[1], tolerance_mm=2.0)
-    case_rows = [{"case": r["case"], **{k: r.get(k) for k in ("dsc", "sdsc", "hd95")}}
+    case_rows = [{"case": r["case"], **{k: r.get(k) for k in CASE_METRICS}}
                  for r in cases["per_case"] if r.get("label") in (1, "1")]
     tumour_rows = per_tumour.tumour_rows(labels, {key: folder}, metadata)
     result = {"cases": case_rows, "tumours": tumour_rows, "predictions_sha1": fingerprint}
@@ -306,42 +307,60 @@ def evaluate(runs, data, workdir: Path, device: str, baseline: str, budget_name:
             teacher = predict_teacher_on_pmri(run, images, workdir, device, final_checkpoint)
             if teacher is not None:
                 entry["teacher_final"] = evaluate_prediction(labels, teacher, metadata, run.name + " teacher")
-    iterations = BUDGETS[runs[0].trainer.split("_")[-2]]["num_iterations_per_epoch"]
+    header = {"budget": budget_name, "configuration": data.configuration, "dataset": data.dataset_name,
+              "device": device, "command": command, "baseline": baseline,
+              "iterations_per_epoch": BUDGETS[runs[0].trainer.split("_")[-2]]["num_iterations_per_epoch"],
+              "runs": [{"method": r.name, "seed": r.seed, "fold": r.fold, "trainer": r.trainer,
+                        "folder": str(r.folder)} for r in runs],
+              "train_seconds_this_invocation": train_seconds}
+    summary = summarise(results, header)
+    summary["figures"] = plot_all(summary, workdir)
+    return summary
 
-    methods = list(results)
-    summary = {"budget": budget_name, "configuration": data.configuration, "dataset": data.dataset_name,
-               "device": device, "command": command, "baseline": baseline, "iterations_per_epoch": iterations,
-               "runs": [{"method": r.name, "seed": r.seed, "fold": r.fold, "trainer": r.trainer,
-                         "folder": str(r.folder)} for r in runs],
-               "train_seconds_this_invocation": train_seconds,
+
+def method_table(values: dict, baseline: str) -> dict:
+    """{method: statistics} of one metric: ``method_stats`` of each method's {seed: {unit: value}} and, for every
+    method but the baseline, ``paired_tests`` against the baseline."""
+    return {m: {**method_stats(v), **({} if m == baseline else {"vs_baseline": paired_tests(values[baseline], v)})}
+            for m, v in values.items()}
+
+
+def unit_tables(results: dict, baseline: str) -> dict:
+    """The summary's 'tumours' and 'cases' statistics from each run's final per-unit rows
+    (``results[method][seed]['final']``)."""
+    out = {"tumours": {}, "cases": {}}
+    for metric in per_tumour.PER_TUMOUR_METRICS:
+        for difficulty in DIFFICULTIES:
+            out["tumours"].setdefault(difficulty, {})[metric] = method_table(
+                {m: unit_values(results, m, "tumours", difficulty, metric) for m in results}, baseline)
+    for metric in CASE_METRICS:
+        out["cases"][metric] = method_table({m: unit_values(results, m, "cases", "all", metric) for m in results},
+                                            baseline)
+    out["n_tumours"] = {d: out["tumours"][d]["dsc"][baseline]["n_units"] for d in DIFFICULTIES}
+    return out
+
+
+def summarise(results: dict, header: dict) -> dict:
+    """The benchmark's summary (without figures) of evaluated runs: ``results[method][seed]`` holds 'final' and
+    'curve' (per-case and per-tumour rows), 'minutes_at_epoch', 'measured_minutes', 'fastest_epoch_seconds', 'log'
+    and, for a run with a teacher, 'teacher_final'. ``header``: budget, configuration, dataset, device, command,
+    baseline, iterations_per_epoch, runs, train_seconds_this_invocation. The final rows are kept ('final_rows'), so
+    that summaries of other seeds can be merged with tests over tumours (``nnunet_cmedl benchmark-merge``)."""
+    baseline, methods = header["baseline"], list(results)
+    return {**header,
                "n_test_cases": len(next(iter(results[baseline].values()))["final"]["cases"]),
-               "tumours": {}, "cases": {}, "curves": {m: curve_points(results, m) for m in methods},
+               "curves": {m: curve_points(results, m) for m in methods},
                "minutes_per_run": {m: _mean(max(r["minutes_at_epoch"].values()) for r in results[m].values())
                                    for m in methods},
                "measured_minutes_per_run": {m: _mean(r["measured_minutes"] for r in results[m].values())
                                             for m in methods},
                "fastest_epoch_seconds": {m: _mean(r["fastest_epoch_seconds"] for r in results[m].values())
                                          for m in methods},
-               "validation": {m: {s: r["log"] for s, r in results[m].items()} for m in methods}}
-    for metric in per_tumour.PER_TUMOUR_METRICS:
-        for difficulty in DIFFICULTIES:
-            base = unit_values(results, baseline, "tumours", difficulty, metric)
-            summary["tumours"].setdefault(difficulty, {})[metric] = {
-                m: {**method_stats(unit_values(results, m, "tumours", difficulty, metric)),
-                    **({} if m == baseline else
-                       {"vs_baseline": paired_tests(base, unit_values(results, m, "tumours", difficulty, metric))})}
-                for m in methods}
-    for metric in ("dsc", "sdsc", "hd95"):
-        base = unit_values(results, baseline, "cases", "all", metric)
-        summary["cases"][metric] = {
-            m: {**method_stats(unit_values(results, m, "cases", "all", metric)),
-                **({} if m == baseline else
-                   {"vs_baseline": paired_tests(base, unit_values(results, m, "cases", "all", metric))})}
-            for m in methods}
-    summary["n_tumours"] = {d: summary["tumours"][d]["dsc"][baseline]["n_units"] for d in DIFFICULTIES}
-    summary["teacher_on_pmri"] = teacher_vs_student(results, baseline)
-    summary["figures"] = plot_all(summary, workdir)
-    return summary
+               "validation": {m: {s: r["log"] for s, r in results[m].items()} for m in methods},
+               **unit_tables(results, baseline),
+               "teacher_on_pmri": teacher_vs_student(results, baseline),
+               "final_rows": {m: {s: {k: r["final"][k] for k in ("cases", "tumours")} for s, r in results[m].items()}
+                              for m in methods}}
 
 
 # ------------------------------------------------------------------------------------------------ figures, tables
@@ -446,9 +465,12 @@ def tables(summary: dict) -> str:
     out = format_table(headers, rows, "Per tumour at the final checkpoint (mean over tumours, then mean ± sd over "
                                       "seeds; neighbourhood 10 mm; paired two-sided Wilcoxon over tumours; over runs, "
                                       "Welch and a paired t-test of the matched seeds)")
+    if summary.get("tests_over_units") is False:
+        out += ("\n(merged from summaries without per-tumour rows: only the tests over runs, Welch and paired by seed; "
+                "the tests over tumours and cases need every summary's final_rows)")
     headers = ["method", "DSC", "sDSC 2mm", "HD95 mm", f"ΔDSC vs {baseline}, seed-averaged", "ΔDSC pooled",
                "ΔDSC runs (Welch)", "ΔDSC runs paired by seed (t)", "train min/run*"]
-    rows = [[m, *(_cell(summary["cases"][k][m]) for k in ("dsc", "sdsc", "hd95")),
+    rows = [[m, *(_cell(summary["cases"][k][m]) for k in CASE_METRICS),
              *(_p(summary["cases"]["dsc"][m], how) for how in ("seed_averaged", "pooled", "runs", "runs_paired")),
              fmt(summary["minutes_per_run"][m], 1)]
             for m in summary["cases"]["dsc"]]
