@@ -76,7 +76,7 @@ BUDGETS = {
     "benchGPU": dict(num_epochs=100, num_iterations_per_epoch=250, num_val_iterations_per_epoch=50, save_every=10,
                      curve_checkpoint_every=10, cmedl={}),
 }
-SEEDS = range(10)
+SEEDS = range(20)
 # method -> (method, seed, budget[, fold]) of the run it warm-starts from (``warm_start``; budget None: the same
 # budget; fold: the same fold unless given): one pre-training shared by every seed (nnunet_cmedl benchmark trains it
 # first)
