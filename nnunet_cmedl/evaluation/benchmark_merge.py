@@ -48,9 +48,15 @@ def _seeds(summary: dict, method: str) -> list:
     return summary["tumours"]["all"]["dsc"][method]["seeds"]
 
 
-def _same(a: list, b: list) -> bool:
-    return len(a) == len(b) and all((x is None and y is None) or (x is not None and y is not None and (
-        (math.isnan(x) and math.isnan(y)) or abs(x - y) <= 1e-9)) for x, y in zip(a, b))
+def _at_seed(summary: dict, method: str, seed, per_seed: list):
+    """The value of ``seed`` in a list with one value per seed of ``method`` (in the order of its seeds)."""
+    return per_seed[_seeds(summary, method).index(seed)]
+
+
+def _same(x, y) -> bool:
+    if x is None or y is None:
+        return x is y
+    return (math.isnan(x) and math.isnan(y)) or abs(x - y) <= 1e-9
 
 
 def sources(summaries: dict) -> dict:
@@ -61,17 +67,13 @@ def sources(summaries: dict) -> dict:
         for method in summary["tumours"]["all"]["dsc"]:
             for seed in _seeds(summary, method):
                 first = out.setdefault(method, {}).setdefault(seed, path)
-                if first != path and not all(_same(_per_seed(summaries[first], d, m, method, seed),
-                                                   _per_seed(summary, d, m, method, seed))
-                                             for d in DIFFICULTIES for m in PER_TUMOUR_METRICS):
+                if first != path and not all(
+                        _same(*(_at_seed(s, method, seed, s["tumours"][d][m][method]["per_seed"])
+                                for s in (summaries[first], summary)))
+                        for d in DIFFICULTIES for m in PER_TUMOUR_METRICS):
                     raise UserInputError(f"{path}: {method} seed {seed} has other results than in {first}; a seed "
                                          f"may be in two summaries only as the same run")
     return out
-
-
-def _per_seed(summary: dict, difficulty: str, metric: str, method: str, seed) -> list:
-    entry = summary["tumours"][difficulty][metric][method]
-    return [entry["per_seed"][entry["seeds"].index(seed)]]
 
 
 def check_setting(summaries: dict) -> None:
@@ -86,7 +88,7 @@ def check_setting(summaries: dict) -> None:
 def _run_level_table(summaries: dict, where: dict, section, n_units: int, baseline: str) -> dict:
     """``benchmark_report.method_table`` over each seed's mean (one unit per run): its run-level tests are the
     benchmark's; the tests over units are dropped (the units are not in the summaries)."""
-    values = {m: {seed: {"run mean": section(summaries[path])[m]["per_seed"][_seeds(summaries[path], m).index(seed)]}
+    values = {m: {seed: {"run mean": _at_seed(summaries[path], m, seed, section(summaries[path])[m]["per_seed"])}
                   for seed, path in seeds.items()} for m, seeds in where.items()}
     table = benchmark_report.method_table(values, baseline)
     for stats in table.values():
@@ -96,19 +98,25 @@ def _run_level_table(summaries: dict, where: dict, section, n_units: int, baseli
     return table
 
 
-def unit_tables(summaries: dict, where: dict, baseline: str) -> dict:
-    if all("final_rows" in s for s in summaries.values()):
-        results = {m: {seed: {"final": summaries[path]["final_rows"][m][str(seed)]} for seed, path in seeds.items()}
-                   for m, seeds in where.items()}
+def final_rows(summaries: dict, where: dict):
+    """{method: {seed: rows}} of the merged seeds, or None where a summary lacks them (written before stop 31)."""
+    if not all("final_rows" in s for s in summaries.values()):
+        return None
+    return {m: {str(seed): summaries[p]["final_rows"][m][str(seed)] for seed, p in seeds.items()}
+            for m, seeds in where.items()}
+
+
+def unit_tables(summaries: dict, where: dict, baseline: str, rows) -> dict:
+    if rows is not None:
+        results = {m: {seed: {"final": rows[m][str(seed)]} for seed in seeds} for m, seeds in where.items()}
         return {**benchmark_report.unit_tables(results, baseline), "tests_over_units": True}
     first = next(iter(summaries.values()))
-    out = {"tumours": {d: {metric: _run_level_table(summaries, where, lambda s: s["tumours"][d][metric],
+    return {"tumours": {d: {metric: _run_level_table(summaries, where, lambda s: s["tumours"][d][metric],
                                                     first["n_tumours"][d], baseline)
                            for metric in PER_TUMOUR_METRICS} for d in DIFFICULTIES},
            "cases": {metric: _run_level_table(summaries, where, lambda s: s["cases"][metric], first["n_test_cases"],
                                               baseline) for metric in CASE_METRICS},
            "n_tumours": first["n_tumours"], "tests_over_units": False}
-    return out
 
 
 def merged_curves(summaries: dict, where: dict) -> dict:
@@ -122,8 +130,8 @@ def merged_curves(summaries: dict, where: dict) -> dict:
             entry = {"epochs": epochs, "dsc": [], "minutes": []}
             for e in epochs:
                 for key in ("dsc", "minutes"):
-                    entry[key].append([curves[p][key][curves[p]["epochs"].index(e)][_seeds(summaries[p], method)
-                                                                                    .index(seed)]
+                    entry[key].append([_at_seed(summaries[p], method, seed,
+                                                curves[p][key][curves[p]["epochs"].index(e)])
                                        for seed, p in seeds.items()])
             out[method][difficulty] = entry
     return out
@@ -147,7 +155,7 @@ def merged_teachers(summaries: dict, where: dict) -> dict:
     return out
 
 
-def _weighted(summaries: dict, where: dict, key: str) -> dict:
+def _mean_over_seeds(summaries: dict, where: dict, key: str) -> dict:
     out = {}
     for method, seeds in where.items():
         values = [summaries[p].get(key, {}).get(method) for p in seeds.values()]
@@ -169,23 +177,22 @@ def merge(paths) -> dict:
         where[method] = dict(sorted(seeds.items()))
     where = {baseline: where.pop(baseline), **where}
     runs = {(r["method"], r["seed"]): r for s in summaries.values() for r in s.get("runs", [])}
+    rows = final_rows(summaries, where)
     return {**{k: first[k] for k in SAME_SETTING},
             "device": ", ".join(sorted({s.get("device", "?") for s in summaries.values()})),
             "command": "nnunet_cmedl benchmark-merge " + " ".join(summaries),
             "merged_from": [{"summary": p, "command": s.get("command", "")} for p, s in summaries.items()],
             "runs": [runs[k] for k in sorted(runs) if k[0] in where and k[1] in where[k[0]]],
             "curves": merged_curves(summaries, where),
-            "minutes_per_run": _weighted(summaries, where, "minutes_per_run"),
-            "measured_minutes_per_run": _weighted(summaries, where, "measured_minutes_per_run"),
-            "fastest_epoch_seconds": _weighted(summaries, where, "fastest_epoch_seconds"),
+            "minutes_per_run": _mean_over_seeds(summaries, where, "minutes_per_run"),
+            "measured_minutes_per_run": _mean_over_seeds(summaries, where, "measured_minutes_per_run"),
+            "fastest_epoch_seconds": _mean_over_seeds(summaries, where, "fastest_epoch_seconds"),
             "validation": {m: {str(seed): summaries[p]["validation"][m][str(seed)] for seed, p in seeds.items()
                                if str(seed) in summaries[p].get("validation", {}).get(m, {})}
                            for m, seeds in where.items()},
-            **unit_tables(summaries, where, baseline),
+            **unit_tables(summaries, where, baseline, rows),
             "teacher_on_pmri": merged_teachers(summaries, where),
-            **({"final_rows": {m: {str(seed): summaries[p]["final_rows"][m][str(seed)] for seed, p in seeds.items()}
-                               for m, seeds in where.items()}}
-               if all("final_rows" in s for s in summaries.values()) else {})}
+            **({"final_rows": rows} if rows is not None else {})}
 
 
 def build_parser() -> argparse.ArgumentParser:
