@@ -26,6 +26,8 @@ COMMANDS = {
     "benchmark": ("nnunet_cmedl.benchmark", "train plain nnU-Net and CMEDL with the same budget and compare them"),
     "benchmark-merge": ("nnunet_cmedl.evaluation.benchmark_merge", "one benchmark summary (tests, curves, figures) "
                                                                    "from several, e.g. seeds of different sessions"),
+    "benchmark-overview": ("nnunet_cmedl.evaluation.benchmark_overview",
+                           "one forest plot of many benchmarks: each method vs its baseline, 95% CI over seeds"),
     "benchmark-speed": ("nnunet_cmedl.speed", "training s/iteration and peak memory, plain nnU-Net vs. CMEDL variants"),
 }
 
