@@ -28,6 +28,7 @@ from nnunet_cmedl.errors import UserInputError
 from nnunet_cmedl.evaluation.benchmark_merge import load_summary
 from nnunet_cmedl.evaluation.benchmark_report import DIFFICULTIES
 from nnunet_cmedl.evaluation.statistics import paired_t_test
+from nnunet_cmedl.evaluation.tables import refuse_existing_outputs
 
 OUTPUTS = ("benchmark_overview.png", "benchmark_overview.md")
 
@@ -167,9 +168,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv=None) -> int:
     a = build_parser().parse_args(argv)
     output = Path(a.output)
-    existing = [output / f for f in OUTPUTS if (output / f).exists()]
-    if existing and not a.overwrite:
-        raise UserInputError(f"{existing[0]}: exists; choose another --output or pass --overwrite")
+    refuse_existing_outputs([output / f for f in OUTPUTS], a.overwrite)
     rows = overview(Path(a.list))
     output.mkdir(parents=True, exist_ok=True)
     plot(rows, output / OUTPUTS[0])
