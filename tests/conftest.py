@@ -82,7 +82,7 @@ def build_planned_dataset(root: Path) -> dict:
     run(cli("add-small-config", "-d", DATASET_ID, "--parent", "2d", "--name", SMALL_2D,
             "--patch-size", "32", "32", "--batch-size", "2", "--max-features", "16"), env)
     for config in ("3d_fullres", "2d"):
-        run(cli("preprocess-mri", "-d", DATASET_ID, "-c", config, "-i", paths.unpaired_folder, "-np", "1"), env)
+        run(cli("preprocess-mri", "-d", DATASET_ID, "-c", config, "-i", paths.unpaired_folder, "-np", "0"), env)
     return {"root": root, "env": env, "dataset_id": DATASET_ID, "dataset_name": paths.dataset_folder.name,
             "raw_folder": paths.dataset_folder}
 

@@ -121,7 +121,7 @@ def test_cut_trainers_train_resume_predict_through_the_stock_cli(planned_dataset
     assert resumed["current_epoch"] == 2 and len(resumed["logging"]["cmedl_G_nce"]) == 2
     out = tmp_path / "pred"
     run([BIN / "nnUNetv2_predict", "-i", planned_dataset["raw_folder"] / "imagesTs", "-o", out, "-d", did,
-         "-c", SMALL_2D, "-f", "0", "-tr", trainer_name, "--disable_tta", "-device", "cpu", "-npp", "1", "-nps", "1"],
+         "-c", SMALL_2D, "-f", "0", "-tr", trainer_name, "--disable_tta", "-device", "cpu", "-npp", "0", "-nps", "0"],
         env)
     assert len(list(out.glob("*.nii.gz"))) == 2
 

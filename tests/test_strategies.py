@@ -15,7 +15,7 @@ STRATEGIES = {"nnUNetTrainerPseudoMRI_tinyCPU": 1, "nnUNetTrainerCTPseudoMRI_tin
 def predict(planned, trainer, out, *extra):
     run([BIN / "nnUNetv2_predict", "-i", planned["raw_folder"] / "imagesTs", "-o", out, "-d",
          planned["dataset_id"], "-c", SMALL_2D, "-f", "0", "-tr", trainer, "--disable_tta", "-device", "cpu",
-         "-npp", "1", "-nps", "1", *extra], planned["env"])
+         "-npp", "0", "-nps", "0", *extra], planned["env"])
 
 
 @pytest.mark.parametrize("trainer", sorted(STRATEGIES))
