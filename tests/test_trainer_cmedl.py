@@ -187,12 +187,14 @@ def make_trainer(planned, cls, configuration, monkeypatch):
 
 
 def all_tensors(trainer) -> dict:
-    """Every weight and optimizer state of every CMEDL part, flattened."""
+    """Every weight and optimizer state of every CMEDL part (of the network alone for plain nnU-Net), flattened."""
     out = {}
-    for name, sd in (("student", trainer.network.state_dict()), ("teacher", trainer.teacher.state_dict()),
-                     ("i2i", trainer.i2i.state_dict())):
-        out.update({f"{name}.{k}": v for k, v in sd.items()})
-    for name, opt in {"student": trainer.optimizer, **trainer._cmedl_optimizers()}.items():
+    cmedl = hasattr(trainer, "teacher")
+    parts = (("student", trainer.network), ("teacher", trainer.teacher), ("i2i", trainer.i2i)) if cmedl else \
+        (("student", trainer.network),)
+    for name, module in parts:
+        out.update({f"{name}.{k}": v for k, v in module.state_dict().items()})
+    for name, opt in {"student": trainer.optimizer, **(trainer._cmedl_optimizers() if cmedl else {})}.items():
         for pid, st in opt.state_dict()["state"].items():
             out.update({f"opt.{name}.{pid}.{k}": v for k, v in st.items() if torch.is_tensor(v)})
     return out

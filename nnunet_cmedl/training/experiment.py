@@ -25,6 +25,7 @@ from contextlib import contextmanager
 
 import numpy as np
 import torch
+import torch.distributed as dist
 
 import nnunetv2.training.nnUNetTrainer.nnUNetTrainer as nnunet_trainer_module
 from batchgenerators.dataloading.nondet_multi_threaded_augmenter import NonDetMultiThreadedAugmenter
@@ -50,6 +51,33 @@ def set_global_random_state(state: dict) -> None:
     random.setstate(state['python'])
     np.random.set_state(state['numpy'])
     torch.set_rng_state(state['torch'].cpu())
+
+
+# where a checkpoint keeps the random streams (rank 0's; multi-GPU: every rank's too): CMEDL's checkpoints and those of
+# a seeded plain trainer with ExperimentMixin
+RNG_KEY, RNG_PER_RANK_KEY = 'cmedl_rng_state', 'cmedl_rng_state_per_rank'
+
+
+def every_ranks_random_state(trainer, state: dict):
+    """Multi-GPU: every rank's ``state``, gathered (nnU-Net calls save_checkpoint on every rank under the same
+    conditions, so every rank takes part); None in one process or when no checkpoint is written."""
+    if not trainer.is_ddp or trainer.disable_checkpointing:
+        return None
+    per_rank = [None] * dist.get_world_size()
+    dist.all_gather_object(per_rank, state)
+    return per_rank
+
+
+def random_state_of_this_rank(trainer, checkpoint: dict):
+    """The random streams this process restores: the saved ones; multi-GPU: this rank's, where the checkpoint has one
+    per rank of a run of this size, else rank 0 restores the saved ones and the others keep their own (seeded by
+    rank, never rank 0's, which would make the ranks draw the same batches)."""
+    if not trainer.is_ddp:
+        return checkpoint.get(RNG_KEY)
+    per_rank = checkpoint.get(RNG_PER_RANK_KEY)
+    if per_rank is not None and len(per_rank) == dist.get_world_size():
+        return per_rank[trainer.local_rank]
+    return checkpoint.get(RNG_KEY) if trainer.local_rank == 0 else None
 
 
 class RandomStreams:
@@ -128,6 +156,44 @@ class ExperimentMixin:
     def get_dataloaders(self):
         with seeded_nnunet_augmenters(rank_seed(self.seed, self.local_rank)):
             return super().get_dataloaders()
+
+    # A seeded run resumed with --c draws what the uninterrupted run would have drawn: its checkpoints keep the random
+    # streams (in the main process; data-augmentation workers restart with their seeds). nnUNetTrainerCMEDL writes and
+    # reads them with the rest of its checkpoint; here, the same for nnU-Net's own trainers (the benchmark's plain
+    # runs), around nnU-Net's save_checkpoint and load_checkpoint (which nnUNetTrainerCMEDL overrides whole).
+    def save_checkpoint(self, filename: str) -> None:
+        if self.seed is None:
+            return super().save_checkpoint(filename)
+        rng = global_random_state()
+        per_rank = every_ranks_random_state(self, rng)
+        if self.local_rank != 0 or self.disable_checkpointing:
+            return super().save_checkpoint(filename)
+        with atomic_path(filename) as tmp:  # nnU-Net's checkpoint with the streams, put in place in one step
+            super().save_checkpoint(tmp)
+            checkpoint = torch.load(tmp, weights_only=False)
+            checkpoint[RNG_KEY] = rng
+            if per_rank is not None:
+                checkpoint[RNG_PER_RANK_KEY] = per_rank
+            torch.save(checkpoint, tmp)
+
+    def load_checkpoint(self, filename_or_checkpoint) -> None:
+        super().load_checkpoint(filename_or_checkpoint)
+        if self.seed is None:
+            return
+        checkpoint = filename_or_checkpoint if isinstance(filename_or_checkpoint, dict) else \
+            torch.load(filename_or_checkpoint, map_location='cpu', weights_only=False)
+        self._experiment_rng_to_restore = random_state_of_this_rank(self, checkpoint)
+        if self._experiment_rng_to_restore is None:
+            self.print_to_log_file("this checkpoint keeps no random state: the resumed run will not draw what the "
+                                   "uninterrupted one would have drawn")
+
+    def on_train_start(self):
+        super().on_train_start()
+        # after the loaders' start-up batches, as the uninterrupted run's streams were when its first epoch began
+        rng = getattr(self, '_experiment_rng_to_restore', None)
+        if rng is not None:
+            set_global_random_state(rng)
+        self._experiment_rng_to_restore = None
 
     def on_train_epoch_start(self):
         if self.reseed_at_epoch is not None and self.current_epoch == self.reseed_at_epoch:

@@ -23,7 +23,6 @@ from typing import List
 
 import numpy as np
 import torch
-import torch.distributed as dist
 from torch import autocast, nn
 from torch.amp import GradScaler
 
@@ -43,8 +42,9 @@ from nnunet_cmedl.i2i.cascade import previous_stage_channels
 from nnunet_cmedl.i2i.networks import I2IArchitecture
 from nnunet_cmedl.training import figures
 from nnunet_cmedl.training.ddp import TrainingPass, all_ranks_agree, gather_from_all_ranks, rank_seed, wrap_in_ddp
-from nnunet_cmedl.training.experiment import (ExperimentMixin, RandomStreams, global_random_state,
-                                               set_global_random_state, worker_seeds)
+from nnunet_cmedl.training.experiment import (RNG_KEY, RNG_PER_RANK_KEY, ExperimentMixin, RandomStreams,
+                                               every_ranks_random_state, global_random_state,
+                                               random_state_of_this_rank, set_global_random_state, worker_seeds)
 from nnunet_cmedl.training.lr_schedulers import constant_then_linear_decay, set_epoch
 from mri_unpaired.atomic import atomic_path, remove_stale_temps
 
@@ -540,10 +540,7 @@ class nnUNetTrainerCMEDL(ExperimentMixin, nnUNetTrainer):
         # main process; data-augmentation workers restart with their seeds). Multi-GPU: every rank's, gathered (nnU-Net
         # calls save_checkpoint on every rank, under the same conditions); the file is rank 0's to write
         rng = {**global_random_state(), 'cmedl': self.cmedl_random.state}
-        rng_per_rank = None
-        if self.is_ddp and not self.disable_checkpointing:
-            rng_per_rank = [None] * dist.get_world_size()
-            dist.all_gather_object(rng_per_rank, rng)
+        rng_per_rank = every_ranks_random_state(self, rng)
         if self.local_rank != 0:
             return
         if self.disable_checkpointing:
@@ -571,10 +568,10 @@ class nnUNetTrainerCMEDL(ExperimentMixin, nnUNetTrainer):
             'cmedl_lr_scheduler_states': {k: s.state_dict() for k, s in self._cmedl_lr_schedulers().items()},
             'cmedl_grad_scaler_states': {k: (s.state_dict() if s is not None else None)
                                          for k, s in self._cmedl_grad_scalers().items()},
-            'cmedl_rng_state': rng,  # rank 0's in a multi-GPU run: what a single-process resume restores
+            RNG_KEY: rng,  # rank 0's in a multi-GPU run: what a single-process resume restores
         }
         if rng_per_rank is not None:
-            checkpoint['cmedl_rng_state_per_rank'] = rng_per_rank
+            checkpoint[RNG_PER_RANK_KEY] = rng_per_rank
         remove_stale_temps(filename)  # what a killed save left
         with atomic_path(filename) as tmp:  # a killed run never leaves a truncated checkpoint under the real name
             torch.save(checkpoint, tmp)
@@ -609,7 +606,7 @@ class nnUNetTrainerCMEDL(ExperimentMixin, nnUNetTrainer):
             state = checkpoint['cmedl_grad_scaler_states'].get(k)
             if s is not None and state is not None:
                 s.load_state_dict(state)
-        self._rng_state_to_restore = self._rng_state_of_this_rank(checkpoint)
+        self._rng_state_to_restore = random_state_of_this_rank(self, checkpoint)
         self._restore_rng_state()
 
     def warm_start_checkpoint(self) -> str:
@@ -654,17 +651,6 @@ class nnUNetTrainerCMEDL(ExperimentMixin, nnUNetTrainer):
         # checkpoints of nnunet-cmedl 0.1 kept CycleGAN's image pools under 'cmedl_image_pools'
         self.i2i.load_extra_state(checkpoint['cmedl_i2i_state'] if 'cmedl_i2i_state' in checkpoint
                                   else {'image_pools': checkpoint['cmedl_image_pools']}, self.device)
-
-    def _rng_state_of_this_rank(self, checkpoint: dict):
-        """The random streams this process restores: the saved ones; multi-GPU: this rank's, where the checkpoint has one
-        per rank of a run of this size, else rank 0 restores the saved ones and the others keep their own (seeded by
-        rank, never rank 0's, which would make the ranks draw the same batches)."""
-        if not self.is_ddp:
-            return checkpoint.get('cmedl_rng_state')
-        per_rank = checkpoint.get('cmedl_rng_state_per_rank')
-        if per_rank is not None and len(per_rank) == dist.get_world_size():
-            return per_rank[self.local_rank]
-        return checkpoint.get('cmedl_rng_state') if self.local_rank == 0 else None
 
     def _restore_rng_state(self):
         """The random streams as saved; again once the data loaders have drawn their start-up batches, so that a
