@@ -426,8 +426,10 @@ def test_the_teacher_is_scored_for_cmedl_runs_only(tmp_path):
     from nnunet_cmedl.evaluation.benchmark_report import predict_teacher_on_pmri
 
     class FakeRun:
-        fold, folder = 0, tmp_path / "run"
-    FakeRun.folder.mkdir()
+        fold, folder = 0, tmp_path / "results" / "run"
+    FakeRun.folder.mkdir(parents=True)
+    for name in ("plans.json", "dataset.json"):  # as in every nnU-Net results folder
+        (FakeRun.folder.parent / name).write_text("{}")
     for trainer, cmedl_keys in (("nnUNetTrainerPseudoMRI_benchCPU_seed0", True),
                                 ("nnUNetTrainerCTPseudoMRI_benchCPU_seed0", True), ("nnUNetTrainer_benchCPU_seed0", False)):
         FakeRun.trainer = trainer
@@ -462,6 +464,42 @@ def test_cached_scores_are_reused_only_for_the_predictions_they_were_computed_fr
     cache = folder / br.METRICS_CACHE
     cache.write_text(json.dumps({"cases": first["cases"], "tumours": []}))
     assert br.evaluate_prediction(tmp_path, folder, {}, "run")["cases"] == second["cases"] and len(scored) == 3
+
+
+def test_predictions_of_an_earlier_training_of_the_run_are_predicted_again(tmp_path, monkeypatch):
+    """Stop 33: a run trained again under the same trainer name (its folder moved away, the benchmark run again) was
+    scored with the test predictions of the earlier training. Complete predictions count only for the checkpoint
+    whose student they were made from."""
+    from types import SimpleNamespace
+    from nnunet_cmedl.evaluation import benchmark_report as br
+    fold = tmp_path / "results" / "nnUNetTrainer_x__nnUNetPlans__2d" / "fold_0"
+    fold.mkdir(parents=True)
+    for name in ("plans.json", "dataset.json"):
+        (fold.parent / name).write_text("{}")
+    run = SimpleNamespace(folder=fold, trainer="nnUNetTrainer_x", fold=0)
+    made = []
+
+    class Predictor:  # nnU-Net's predictor needs a real model; what is tested is when it is called
+        def __init__(self, **kwargs):
+            pass
+
+        def initialize_from_trained_model_folder(self, *args, **kwargs):
+            pass
+
+        def predict_from_files_sequential(self, images, output, **kwargs):
+            made.append(output)
+            (Path(output) / "case_000.nii.gz").write_text(f"prediction {len(made)}")
+    monkeypatch.setattr("nnunetv2.inference.predict_from_raw_data.nnUNetPredictor", Predictor)
+    out = tmp_path / "predictions" / "nnUNetTrainer_x_fold0" / "checkpoint_final"
+    for weights, predictions in ((1.0, 1), (1.0, 1), (2.0, 2)):  # trained, evaluated again, trained again
+        torch.save({"network_weights": {"w": torch.full((2,), weights)}}, fold / "checkpoint_final.pth")
+        assert br.predict_checkpoint(run, "checkpoint_final.pth", tmp_path, out, "cpu") == out
+        assert len(made) == predictions and (out / "case_000.nii.gz").read_text() == f"prediction {predictions}"
+    assert (out / br.STUDENT_SHA1).read_text().strip() == br.student_fingerprint(run, "checkpoint_final.pth")
+    # predictions made elsewhere (no checkpoint here, e.g. a GPU bundle) count as they are
+    (fold / "checkpoint_final.pth").unlink()
+    (out / br.STUDENT_SHA1).unlink()
+    assert br.predict_checkpoint(run, "checkpoint_final.pth", tmp_path, out, "cpu") == out and len(made) == 2
 
 
 def test_per_seed_table_gives_each_method_its_difference_to_the_baseline_at_the_same_seed():

@@ -102,12 +102,27 @@ def reuse_identical_predictions(output: Path, fingerprint: str) -> bool:
     return False
 
 
+def complete_for(output: Path, fingerprint) -> bool:
+    """``output`` holds complete predictions of this training of the run: not of an earlier training under the same
+    trainer name (a run trained again since; stop 33 found such predictions reused). ``fingerprint``: the run's
+    ``student_fingerprint`` (None where its checkpoint is not here: predictions made elsewhere count as they are)."""
+    if not (output / COMPLETE).is_file():
+        return False
+    if fingerprint is None:
+        return True
+    key = output / STUDENT_SHA1
+    if key.is_file() and key.read_text().strip() == fingerprint:
+        return True
+    (output / COMPLETE).unlink()  # predicted again; the new files replace the old ones
+    return False
+
+
 def predict_checkpoint(run, checkpoint: str, images: Path, output: Path, device: str) -> Path:
     """The test images through nnU-Net's predictor (what nnUNetv2_predict runs), tile step 0.5, no TTA; or a copy
     of the predictions of a checkpoint with the same student weights (``reuse_identical_predictions``)."""
-    if (output / COMPLETE).is_file():
-        return output
     fingerprint = student_fingerprint(run, checkpoint)
+    if complete_for(output, fingerprint):
+        return output
     if fingerprint is not None and reuse_identical_predictions(output, fingerprint):
         return output
     import torch
@@ -134,7 +149,14 @@ def predict_teacher_on_pmri(run, images: Path, workdir: Path, device: str, check
     The hint can teach the student only what this teacher knows (issue 8). None for a run without a teacher.
     ``checkpoint``: the run's final checkpoint where the caller has loaded it already."""
     output = run_predictions(workdir, run) / "teacher_on_pmri_final"
-    if (output / COMPLETE).is_file():
+    fingerprint = student_fingerprint(run, "checkpoint_final.pth")  # which training of the run it is
+    if complete_for(output, fingerprint):
+        return output
+
+    def complete(what: str) -> Path:
+        if fingerprint is not None:
+            (output / STUDENT_SHA1).write_text(fingerprint + "\n")
+        (output / COMPLETE).write_text(f"{run.trainer} fold {run.fold} {what}, checkpoint_final.pth\n")
         return output
     if checkpoint is None:
         checkpoint = load_checkpoint(run.folder / "checkpoint_final.pth")
@@ -143,9 +165,7 @@ def predict_teacher_on_pmri(run, images: Path, workdir: Path, device: str, check
     if checkpoint.get("cmedl_i2i_method") == "paired_oracle":  # a diagnostic: its teacher on each patient's own MRI
         from nnunet_cmedl.synthetic.paired_mri import predict_teacher_on_paired_mri
         predict_teacher_on_paired_mri(run.folder.parent, run.fold, images, output, device)
-        (output / COMPLETE).write_text(f"{run.trainer} fold {run.fold} teacher on the paired MRI (oracle), "
-                                       f"checkpoint_final.pth\n")
-        return output
+        return complete("teacher on the paired MRI (oracle)")
     from nnunet_cmedl.inference.cmedl_model import find_trainer_class, load_cmedl_model
     from nnunet_cmedl.training.strategies import nnUNetTrainerPseudoMRI
     trainer_class = find_trainer_class(checkpoint.get("trainer_name", ""))
@@ -158,8 +178,7 @@ def predict_teacher_on_pmri(run, images: Path, workdir: Path, device: str, check
     for files in written:  # <case>.nii.gz, as the student's predictions are named (the scorers read that)
         seg = files["teacher_seg"]
         seg.replace(output / seg.name.replace("_teacher_seg", ""))
-    (output / COMPLETE).write_text(f"{run.trainer} fold {run.fold} teacher on pMRI, checkpoint_final.pth\n")
-    return output
+    return complete("teacher on pMRI")
 
 
 METRICS_CACHE = "benchmark_metrics.json"
