@@ -105,7 +105,8 @@ def reuse_identical_predictions(output: Path, fingerprint: str) -> bool:
 def complete_for(output: Path, fingerprint) -> bool:
     """``output`` holds complete predictions of this training of the run: not of an earlier training under the same
     trainer name (a run trained again since; stop 33 found such predictions reused). ``fingerprint``: the run's
-    ``student_fingerprint`` (None where its checkpoint is not here: predictions made elsewhere count as they are)."""
+    ``student_fingerprint`` (None where its checkpoint is not here: predictions made elsewhere count as they are).
+    Predictions of another training lose their completion mark here, so that they are made again."""
     if not (output / COMPLETE).is_file():
         return False
     if fingerprint is None:

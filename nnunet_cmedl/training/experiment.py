@@ -32,7 +32,7 @@ from batchgenerators.dataloading.nondet_multi_threaded_augmenter import NonDetMu
 
 from nnunet_cmedl.distillation.hint import unwrap
 from nnunet_cmedl.training.ddp import rank_seed
-from mri_unpaired.atomic import atomic_path
+from mri_unpaired.atomic import atomic_path, remove_stale_temps
 
 CURVE_CHECKPOINT_PATTERN = "checkpoint_epoch_{:04d}.pth"
 
@@ -168,6 +168,7 @@ class ExperimentMixin:
         per_rank = every_ranks_random_state(self, rng)
         if self.local_rank != 0 or self.disable_checkpointing:
             return super().save_checkpoint(filename)
+        remove_stale_temps(filename)  # what a killed save left
         with atomic_path(filename) as tmp:  # nnU-Net's checkpoint with the streams, put in place in one step
             super().save_checkpoint(tmp)
             checkpoint = torch.load(tmp, weights_only=False)
