@@ -65,16 +65,17 @@ def checkpoints(run, workdir: Path, curve_epochs=None) -> list:
 STUDENT_SHA1 = ".benchmark_student_sha1"
 
 
-def student_fingerprint(run, checkpoint: str):
+def student_fingerprint(run, checkpoint: str, loaded: dict = None):
     """sha1 over what decides a checkpoint's test predictions: the student's weights, the run's plans.json and
     dataset.json and its configuration (the predictor's settings are the benchmark's own, fixed). None where the
-    checkpoint file is not here (a run predicted elsewhere)."""
+    checkpoint file is not here (a run predicted elsewhere). ``loaded``: that checkpoint, where the caller has
+    loaded it already."""
     path = run.folder / checkpoint
     if not path.is_file():
         return None
     import torch
     digest = hashlib.sha1()
-    for name, tensor in sorted(load_checkpoint(path)["network_weights"].items()):
+    for name, tensor in sorted((loaded or load_checkpoint(path))["network_weights"].items()):
         digest.update(name.encode() + b"\0" + str(tensor.dtype).encode())
         digest.update(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
     for name in ("plans.json", "dataset.json"):
@@ -150,7 +151,9 @@ def predict_teacher_on_pmri(run, images: Path, workdir: Path, device: str, check
     The hint can teach the student only what this teacher knows (issue 8). None for a run without a teacher.
     ``checkpoint``: the run's final checkpoint where the caller has loaded it already."""
     output = run_predictions(workdir, run) / "teacher_on_pmri_final"
-    fingerprint = student_fingerprint(run, "checkpoint_final.pth")  # which training of the run it is
+    if checkpoint is None and (run.folder / "checkpoint_final.pth").is_file():
+        checkpoint = load_checkpoint(run.folder / "checkpoint_final.pth")
+    fingerprint = student_fingerprint(run, "checkpoint_final.pth", checkpoint)  # which training of the run it is
     if complete_for(output, fingerprint):
         return output
 
@@ -159,9 +162,7 @@ def predict_teacher_on_pmri(run, images: Path, workdir: Path, device: str, check
             (output / STUDENT_SHA1).write_text(fingerprint + "\n")
         (output / COMPLETE).write_text(f"{run.trainer} fold {run.fold} {what}, checkpoint_final.pth\n")
         return output
-    if checkpoint is None:
-        checkpoint = load_checkpoint(run.folder / "checkpoint_final.pth")
-    if "cmedl_teacher_weights" not in checkpoint:
+    if checkpoint is None or "cmedl_teacher_weights" not in checkpoint:
         return None
     if checkpoint.get("cmedl_i2i_method") == "paired_oracle":  # a diagnostic: its teacher on each patient's own MRI
         from nnunet_cmedl.synthetic.paired_mri import predict_teacher_on_paired_mri

@@ -183,18 +183,26 @@ class ExperimentMixin:
             return
         checkpoint = filename_or_checkpoint if isinstance(filename_or_checkpoint, dict) else \
             torch.load(filename_or_checkpoint, map_location='cpu', weights_only=False)
-        self._experiment_rng_to_restore = random_state_of_this_rank(self, checkpoint)
-        if self._experiment_rng_to_restore is None:
+        self.keep_random_state(checkpoint)
+
+    def keep_random_state(self, checkpoint: dict) -> None:
+        """The random streams a resumed checkpoint kept (this rank's), for on_train_start to restore."""
+        self._rng_to_restore = random_state_of_this_rank(self, checkpoint)
+        if self._rng_to_restore is None and self.seed is not None:
             self.print_to_log_file("this checkpoint keeps no random state: the resumed run will not draw what the "
                                    "uninterrupted one would have drawn")
+
+    def restore_random_state(self, rng: dict) -> None:
+        """Sets the streams ``global_random_state`` saved (trainers with streams of their own extend it)."""
+        set_global_random_state(rng)
 
     def on_train_start(self):
         super().on_train_start()
         # after the loaders' start-up batches, as the uninterrupted run's streams were when its first epoch began
-        rng = getattr(self, '_experiment_rng_to_restore', None)
+        rng = getattr(self, '_rng_to_restore', None)
         if rng is not None:
-            set_global_random_state(rng)
-        self._experiment_rng_to_restore = None
+            self.restore_random_state(rng)
+        self._rng_to_restore = None
 
     def on_train_epoch_start(self):
         if self.reseed_at_epoch is not None and self.current_epoch == self.reseed_at_epoch:

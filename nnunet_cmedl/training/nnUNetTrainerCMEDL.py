@@ -43,8 +43,7 @@ from nnunet_cmedl.i2i.networks import I2IArchitecture
 from nnunet_cmedl.training import figures
 from nnunet_cmedl.training.ddp import TrainingPass, all_ranks_agree, gather_from_all_ranks, rank_seed, wrap_in_ddp
 from nnunet_cmedl.training.experiment import (RNG_KEY, RNG_PER_RANK_KEY, ExperimentMixin, RandomStreams,
-                                               every_ranks_random_state, global_random_state,
-                                               random_state_of_this_rank, set_global_random_state, worker_seeds)
+                                               every_ranks_random_state, global_random_state, worker_seeds)
 from nnunet_cmedl.training.lr_schedulers import constant_then_linear_decay, set_epoch
 from mri_unpaired.atomic import atomic_path, remove_stale_temps
 
@@ -413,9 +412,7 @@ class nnUNetTrainerCMEDL(ExperimentMixin, nnUNetTrainer):
             self.dataloader_mri = get_unpaired_dataloader(
                 self, num_processes=workers, seeds=worker_seeds(rank_seed(self.seed, self.local_rank), 2, workers),
                 modality=modality)
-        super().on_train_start()
-        self._restore_rng_state()  # after the loaders' start-up batches (resumed runs only)
-        self._rng_state_to_restore = None
+        super().on_train_start()  # ExperimentMixin's restores a resumed run's streams after the loaders' start-up
 
     def on_train_end(self):
         super().on_train_end()
@@ -606,8 +603,9 @@ class nnUNetTrainerCMEDL(ExperimentMixin, nnUNetTrainer):
             state = checkpoint['cmedl_grad_scaler_states'].get(k)
             if s is not None and state is not None:
                 s.load_state_dict(state)
-        self._rng_state_to_restore = random_state_of_this_rank(self, checkpoint)
-        self._restore_rng_state()
+        self.keep_random_state(checkpoint)  # restored now (the MRI loader is built from the 'cmedl' stream) and
+        if self._rng_to_restore is not None:  # again by on_train_start, after the loaders' start-up batches
+            self.restore_random_state(self._rng_to_restore)
 
     def warm_start_checkpoint(self) -> str:
         """The checkpoint that ``warm_start`` names: a path, or a trainer's final checkpoint beside this run's."""
@@ -652,14 +650,12 @@ class nnUNetTrainerCMEDL(ExperimentMixin, nnUNetTrainer):
         self.i2i.load_extra_state(checkpoint['cmedl_i2i_state'] if 'cmedl_i2i_state' in checkpoint
                                   else {'image_pools': checkpoint['cmedl_image_pools']}, self.device)
 
-    def _restore_rng_state(self):
-        """The random streams as saved; again once the data loaders have drawn their start-up batches, so that a
-        resumed seeded run draws what the uninterrupted run drew (with nnUNet_n_proc_DA=0, on the CPU)."""
-        rng = getattr(self, '_rng_state_to_restore', None)
-        if rng is not None:
-            set_global_random_state(rng)
-            if 'cmedl' in rng:  # older checkpoints: CMEDL drew from the global streams then
-                self.cmedl_random.state = rng['cmedl']
+    def restore_random_state(self, rng: dict) -> None:
+        """The global streams and CMEDL's own, as saved (a resumed seeded run draws what the uninterrupted run drew,
+        with nnUNet_n_proc_DA=0, on the CPU)."""
+        super().restore_random_state(rng)
+        if 'cmedl' in rng:  # older checkpoints: CMEDL drew from the global streams then
+            self.cmedl_random.state = rng['cmedl']
 
     def _cmedl_optimizers(self) -> dict:
         return {'teacher': self.optimizer_teacher, 'generators': self.optimizer_generators,
