@@ -50,6 +50,12 @@ def run(cmd, env, timeout=900, check=True) -> subprocess.CompletedProcess:
     return r
 
 
+def without_final_validation(env) -> dict:
+    """For a training that resume_mid_run resumes later: nnUNetv2_train's final validation (about 10 s on the CPU,
+    mostly its two spawned worker pools) runs after the resumed run, where resume_mid_run checks it, not twice."""
+    return dict(env, nnUNet_cmedl_skip_final_validation="1")
+
+
 def resume_mid_run(fold: Path, train_cmd: list, env) -> dict:
     """Rewind a finished 2-epoch run to its state after epoch 1 (checkpoint_latest.pth), resume it with the stock
     ``--c`` and return the new final checkpoint."""

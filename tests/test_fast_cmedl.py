@@ -8,7 +8,7 @@ import pytest
 import torch
 from torch import nn
 
-from conftest import BIN, SMALL_2D, resume_mid_run, run
+from conftest import BIN, SMALL_2D, resume_mid_run, run, without_final_validation
 from test_trainer_cmedl import all_tensors, grads, make_trainer
 
 CUT_TINY = "nnUNetTrainerCMEDL_CUT_tinyCPU"
@@ -109,7 +109,8 @@ def test_cut_checkpoint_restores_generator_heads_and_their_optimiser(planned_dat
 @pytest.mark.parametrize("trainer_name", [CUT_TINY, FASTCUT_TINY])
 def test_cut_trainers_train_resume_predict_through_the_stock_cli(planned_dataset, trainer_name, tmp_path):
     env, did = planned_dataset["env"], planned_dataset["dataset_id"]
-    run([BIN / "nnUNetv2_train", did, SMALL_2D, "0", "-tr", trainer_name, "-device", "cpu"], env)
+    run([BIN / "nnUNetv2_train", did, SMALL_2D, "0", "-tr", trainer_name, "-device", "cpu"],
+        without_final_validation(env))
     fold = (Path(env["nnUNet_results"]) / planned_dataset["dataset_name"] / f"{trainer_name}__nnUNetPlans__{SMALL_2D}"
             / "fold_0")
     ckpt = torch.load(fold / "checkpoint_final.pth", map_location="cpu", weights_only=False)

@@ -7,7 +7,7 @@ import pytest
 import SimpleITK as sitk
 import torch
 
-from conftest import BIN, SMALL_2D, resume_mid_run, run
+from conftest import BIN, SMALL_2D, resume_mid_run, run, without_final_validation
 
 STRATEGIES = {"nnUNetTrainerPseudoMRI_tinyCPU": 1, "nnUNetTrainerCTPseudoMRI_tinyCPU": 2}  # segmenter input channels
 
@@ -21,7 +21,7 @@ def predict(planned, trainer, out, *extra):
 @pytest.mark.parametrize("trainer", sorted(STRATEGIES))
 def test_strategy_trains_resumes_and_predicts_through_the_stock_cli(planned_dataset, trainer, tmp_path):
     env, did = planned_dataset["env"], planned_dataset["dataset_id"]
-    run([BIN / "nnUNetv2_train", did, SMALL_2D, "0", "-tr", trainer, "-device", "cpu"], env)
+    run([BIN / "nnUNetv2_train", did, SMALL_2D, "0", "-tr", trainer, "-device", "cpu"], without_final_validation(env))
     fold = Path(env["nnUNet_results"]) / planned_dataset["dataset_name"] / f"{trainer}__nnUNetPlans__{SMALL_2D}" / \
         "fold_0"
     ckpt = torch.load(fold / "checkpoint_final.pth", map_location="cpu", weights_only=False)
