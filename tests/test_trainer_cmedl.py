@@ -328,6 +328,39 @@ def test_generator_pass_leaves_the_discriminators_alone(started_trainer):
     assert all(p.requires_grad for p in trainer.i2i.discriminator_parameters())  # unfrozen again afterwards
 
 
+@pytest.mark.parametrize("started_trainer", [TINY], indirect=True)
+def test_the_teacher_trains_with_adamw_where_asked_and_a_checkpoint_keeps_its_moments(started_trainer, planned_dataset,
+                                                                                      monkeypatch, tmp_path):
+    """_teacherAdamW (issue 8, the teacher's optimiser): the teacher steps with nnUNetTrainerAdam1en3's AdamW, the
+    student keeps nnU-Net's SGD, and a resumed run gets the teacher's AdamW moments back."""
+    from nnunet_cmedl.training import nnUNetTrainerCMEDL_teacherAdamW, nnUNetTrainerCMEDL_tinyCPU
+    variant = make_trainer(planned_dataset, nnUNetTrainerCMEDL_teacherAdamW, SMALL_2D, monkeypatch)
+    assert (variant.teacher_optimizer, variant.teacher_initial_lr) == ("adamw", 1e-3)
+    trainer, batch = started_trainer
+    assert isinstance(trainer.optimizer_teacher, torch.optim.SGD)  # the default: the student's optimiser
+    trainer.teacher_optimizer, trainer.teacher_initial_lr = "adamw", 1e-3
+    trainer.configure_cmedl_optimizers()
+    assert isinstance(trainer.optimizer_teacher, torch.optim.AdamW) and isinstance(trainer.optimizer, torch.optim.SGD)
+    assert trainer.optimizer_teacher.param_groups[0]["lr"] == pytest.approx(1e-3)
+    teacher_before = {k: v.clone() for k, v in trainer.teacher.state_dict().items()}
+    trainer.train_step(batch)
+    assert not weights_equal(teacher_before, trainer.teacher.state_dict())
+    moments = trainer.optimizer_teacher.state_dict()["state"]
+    assert moments and all({"exp_avg", "max_exp_avg_sq"} <= set(m) for m in moments.values())  # AdamW, amsgrad
+    checkpoint = tmp_path / "adamw.pth"
+    trainer.save_checkpoint(str(checkpoint))
+    resumed = make_trainer(planned_dataset, nnUNetTrainerCMEDL_tinyCPU, SMALL_2D, monkeypatch)
+    resumed.teacher_optimizer, resumed.teacher_initial_lr = "adamw", 1e-3
+    resumed.load_checkpoint(str(checkpoint))
+    again = resumed.optimizer_teacher.state_dict()["state"]
+    assert isinstance(resumed.optimizer_teacher, torch.optim.AdamW) and again.keys() == moments.keys()
+    assert all(torch.equal(again[i]["max_exp_avg_sq"], moments[i]["max_exp_avg_sq"]) for i in moments)
+    trainer.teacher_optimizer = "adam"
+    with pytest.raises(ValueError, match="teacher_optimizer must be 'sgd' or 'adamw'"):
+        trainer.configure_cmedl_optimizers()
+    trainer.teacher_optimizer = "sgd"
+
+
 def step_from(trainer, checkpoint, batch, lambda_hint):
     """One train_step from the state saved in ``checkpoint``; returns the teacher's and student's new weights."""
     trainer.load_checkpoint(str(checkpoint))

@@ -33,6 +33,7 @@ METHODS = {
     "CMEDL_warmTumourAfterOnset": variants.nnUNetTrainerCMEDL_warmTumourAfterOnset,
     "CMEDL_tseg5": variants.nnUNetTrainerCMEDL_tseg5,
     "CMEDL_hintNorm": variants.nnUNetTrainerCMEDL_hintNorm,
+    "CMEDL_teacherAdamW": variants.nnUNetTrainerCMEDL_teacherAdamW,
     "CMEDL_identity": variants.nnUNetTrainerCMEDL_identity,
     "CMEDL_stridedStem": variants.nnUNetTrainerCMEDL_stridedStem,
     # a control, not a method: plain nnU-Net knocked off its seed's course at epoch 20 (experiment.py: reseed_at_epoch)

@@ -129,6 +129,10 @@ class nnUNetTrainerCMEDL(ExperimentMixin, nnUNetTrainer):
         self.warm_start = os.environ.get('nnUNet_cmedl_warm_start') or None
         self.warm_start_fold = None              # the fold of the trainer that warm_start names (None: this run's)
         self.teacher_initial_lr = None           # None: nnU-Net's initial_lr, like the student (CMEDL: same optimiser)
+        # 'sgd': nnU-Net's SGD (momentum 0.99, Nesterov), like the student; 'adamw': nnU-Net's nnUNetTrainerAdam
+        # (AdamW, amsgrad, nnU-Net's weight decay; nnUNetTrainerAdam1en3 uses lr 1e-3). PolyLR either way (issue 8:
+        # the teacher's optimiser and learning rate, _teacherAdamW)
+        self.teacher_optimizer = 'sgd'
         self.gan_initial_lr = 2e-4               # CycleGAN/CUT: Adam, lr 2e-4, betas (0.5, 0.999)
         self.gan_betas = (0.5, 0.999)
         self.gan_constant_lr_fraction = 0.5      # CycleGAN: constant lr for half the epochs, then linear decay to 0
@@ -244,10 +248,17 @@ class nnUNetTrainerCMEDL(ExperimentMixin, nnUNetTrainer):
             TrainingPass(self.i2i.discriminator_loss, self.i2i.discriminator_modules()), self.device)
 
     def configure_cmedl_optimizers(self):
-        """The teacher like nnU-Net's student (SGD + PolyLR); the GAN part like CycleGAN (Adam, constant-then-linear)."""
+        """The teacher like nnU-Net's student (SGD + PolyLR, or nnUNetTrainerAdam's AdamW: ``teacher_optimizer``);
+        the GAN part like CycleGAN (Adam, constant-then-linear)."""
         lr = self.initial_lr if self.teacher_initial_lr is None else self.teacher_initial_lr
-        self.optimizer_teacher = torch.optim.SGD(self.teacher.parameters(), lr,
-                                                 weight_decay=self.weight_decay, momentum=0.99, nesterov=True)
+        if self.teacher_optimizer == 'sgd':
+            self.optimizer_teacher = torch.optim.SGD(self.teacher.parameters(), lr,
+                                                     weight_decay=self.weight_decay, momentum=0.99, nesterov=True)
+        elif self.teacher_optimizer == 'adamw':
+            self.optimizer_teacher = torch.optim.AdamW(self.teacher.parameters(), lr, weight_decay=self.weight_decay,
+                                                       amsgrad=True)
+        else:
+            raise ValueError(f"teacher_optimizer must be 'sgd' or 'adamw', not {self.teacher_optimizer!r}")
         self.lr_scheduler_teacher = PolyLRScheduler(self.optimizer_teacher, lr, self.num_epochs)
         self.optimizer_generators = torch.optim.Adam(self.i2i.generator_parameters(), self.gan_initial_lr,
                                                      betas=self.gan_betas)

@@ -266,6 +266,17 @@ class nnUNetTrainerCMEDL_tseg5(nnUNetTrainerCMEDL):
         self.lambda_teacher_seg_on_generator = 5.0
 
 
+class nnUNetTrainerCMEDL_teacherAdamW(nnUNetTrainerCMEDL):
+    """The teacher trained with nnU-Net's nnUNetTrainerAdam1en3 setting (AdamW, amsgrad, lr 1e-3, PolyLR) instead of
+    the student's SGD at 1e-2: a teacher that may learn the pMRI faster in a short run (issue 8, section 2)."""
+
+    def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
+                 device: torch.device = torch.device('cuda')):
+        super().__init__(plans, configuration, fold, dataset_json, device)
+        self.teacher_optimizer = 'adamw'
+        self.teacher_initial_lr = 1e-3
+
+
 class nnUNetTrainerCMEDL_hintNorm(nnUNetTrainerCMEDL):
     """The hint on per-channel standardised features: every stage and channel counts alike."""
 
