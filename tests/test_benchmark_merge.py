@@ -107,6 +107,22 @@ def test_merged_summaries_give_the_statistics_of_one_benchmark_of_all_seeds(tmp_
     assert a["final_rows"]["CMEDL_x"]["3"] == again["final_rows"]["CMEDL_x"]["3"]
 
 
+def test_summaries_with_other_curve_epochs_merge_at_the_epochs_all_have(tmp_path):
+    """Stop 34: CMEDL_x's runs of one summary had checkpoints at fewer epochs than the other summary's methods; the
+    merge failed with a traceback writing its table of curves. Every method now has the epochs all summaries share."""
+    summary_file(tmp_path / "a" / "benchmark_summary.json", [3, 4])
+    b = summary_file(tmp_path / "b" / "benchmark_summary.json", [5, 6])
+    for curve in b["curves"]["CMEDL_x"].values():  # as if run with --curve-epochs 20: no checkpoint at epoch 10
+        i = curve["epochs"].index(10)
+        for key in [k for k, v in curve.items() if isinstance(v, list) and len(v) == len(EPOCHS)]:
+            del curve[key][i]
+    (tmp_path / "b" / "benchmark_summary.json").write_text(json.dumps(b))
+    merged = merge(tmp_path, tmp_path / "a", tmp_path / "b")
+    assert {m: c["hard"]["epochs"] for m, c in merged["curves"].items()} == {m: [20, 40] for m in METHODS}
+    assert all(len(seeds) == 4 for c in merged["curves"].values() for seeds in c["hard"]["dsc"])
+    assert "Learning curves" in (tmp_path / "merged" / "benchmark_summary.md").read_text()
+
+
 def test_older_summaries_merge_with_the_tests_over_runs_only(tmp_path):
     full = summary_file(tmp_path / "full.json", [3, 4, 5, 6])
     for name, seeds in (("a", [3, 4]), ("b", [5, 6])):

@@ -120,13 +120,17 @@ def unit_tables(summaries: dict, where: dict, baseline: str, rows) -> dict:
 
 
 def merged_curves(summaries: dict, where: dict) -> dict:
-    """Per method and difficulty, the epochs every contributing summary has, with one value per seed at each."""
+    """Per method and difficulty, one value per seed at the epochs that every summary has for every method: one set
+    of epochs for all methods, as the tables and figures need (stop 34: a summary with checkpoints at epochs 20 and 30
+    beside one with 10, 20, 30 made the table of curves fail)."""
+    common = set.intersection(*(set(curve[d]["epochs"]) for summary in summaries.values()
+                                for curve in summary["curves"].values() for d in DIFFICULTIES))
     out = {}
     for method, seeds in where.items():
         out[method] = {}
         for difficulty in DIFFICULTIES:
             curves = {p: summaries[p]["curves"][method][difficulty] for p in set(seeds.values())}
-            epochs = sorted(set.intersection(*(set(c["epochs"]) for c in curves.values())))
+            epochs = sorted(common)
             entry = {"epochs": epochs, "dsc": [], "minutes": []}
             for e in epochs:
                 for key in ("dsc", "minutes"):
