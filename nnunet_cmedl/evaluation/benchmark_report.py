@@ -119,10 +119,11 @@ def complete_for(output: Path, fingerprint) -> bool:
     return False
 
 
-def predict_checkpoint(run, checkpoint: str, images: Path, output: Path, device: str) -> Path:
+def predict_checkpoint(run, checkpoint: str, images: Path, output: Path, device: str, loaded: dict = None) -> Path:
     """The test images through nnU-Net's predictor (what nnUNetv2_predict runs), tile step 0.5, no TTA; or a copy
-    of the predictions of a checkpoint with the same student weights (``reuse_identical_predictions``)."""
-    fingerprint = student_fingerprint(run, checkpoint)
+    of the predictions of a checkpoint with the same student weights (``reuse_identical_predictions``). ``loaded``:
+    that checkpoint, where the caller has loaded it already."""
+    fingerprint = student_fingerprint(run, checkpoint, loaded)
     if complete_for(output, fingerprint):
         return output
     if fingerprint is not None and reuse_identical_predictions(output, fingerprint):
@@ -308,13 +309,14 @@ def evaluate(runs, data, workdir: Path, device: str, baseline: str, budget_name:
     jobs = [(run, epoch, ck) for run in runs for epoch, ck in checkpoints(run, workdir, curve_epochs)]
     for run, epoch, ck in tqdm(jobs, desc="test predictions (runs x checkpoints)", unit="checkpoint"):
         out = prediction_folder(workdir, run, ck)
-        evaluated = evaluate_prediction(labels, predict_checkpoint(run, ck, images, out, device), metadata,
-                                        run.name)
+        # the final checkpoint, loaded once: the student's fingerprint, the training log and the teacher
+        final_checkpoint = load_checkpoint(run.folder / ck) if ck == "checkpoint_final.pth" else None
+        evaluated = evaluate_prediction(labels, predict_checkpoint(run, ck, images, out, device, final_checkpoint),
+                                        metadata, run.name)
         entry = results[run.name].setdefault(run.seed, {"curve": {}})
         entry["curve"][epoch] = evaluated
-        if ck == "checkpoint_final.pth":
+        if final_checkpoint is not None:
             entry["final"] = evaluated
-            final_checkpoint = load_checkpoint(run.folder / "checkpoint_final.pth")  # once: log and teacher
             log = final_checkpoint["logging"]
             # wall-clock on an otherwise idle machine, estimated as epochs x the run's fastest epoch (training and
             # nnU-Net's validation): runs that shared the CPU with other work are not penalised for it
