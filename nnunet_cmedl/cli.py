@@ -21,6 +21,8 @@ COMMANDS = {
     "export-translated": ("nnunet_cmedl.inference.export_pmri", "translate labelled-modality volumes (CT) to the "
                                                                 "unpaired modality (pseudo-MRI) with a CMEDL checkpoint"),
     "export-pmri": ("nnunet_cmedl.inference.export_pmri:main_pmri", "export-translated"),
+    "tumour-contrast": ("nnunet_cmedl.evaluation.tumour_contrast", "does the pseudo-MRI show the tumours better "
+                                                                   "than the CT? tumour vs surroundings, per tumour"),
     "panels": ("nnunet_cmedl.evaluation.panels", "PNG panels: CT, pMRI, MRI, reference/student/teacher contours"),
     "report": ("nnunet_cmedl.evaluation.report", "one HTML page for a trained model: curves, metrics, comparison"),
     "benchmark": ("nnunet_cmedl.benchmark", "train plain nnU-Net and CMEDL with the same budget and compare them"),

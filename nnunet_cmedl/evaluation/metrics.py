@@ -361,8 +361,9 @@ def match_cases(ref_folder, pred_folder, file_ending: str = ".nii.gz", allow_mis
     return pairs, missing, unmatched
 
 
-def read_label_image(path) -> Tuple[np.ndarray, dict]:
-    """Label array (SimpleITK array order, z-y-x) and header geometry (x-y-z order as in the file)."""
+def read_image(path, what: str = "image") -> Tuple[np.ndarray, dict]:
+    """One-value-per-voxel 2D/3D image: (array in SimpleITK order z-y-x, header geometry in x-y-z order as in the
+    file). Errors are one line naming the file."""
     import SimpleITK as sitk
     from mri_unpaired.validation import refuse_damaged_file
     try:
@@ -371,18 +372,24 @@ def read_label_image(path) -> Tuple[np.ndarray, dict]:
         raise UserInputError(f"{path}: cannot read the image ({itk_message(e)})") from None
     refuse_damaged_file(path)
     if img.GetNumberOfComponentsPerPixel() != 1:
-        raise UserInputError(f"{path}: a label image must have one value per voxel, this one has "
+        raise UserInputError(f"{path}: a {what} must have one value per voxel, this one has "
                              f"{img.GetNumberOfComponentsPerPixel()}")
     if img.GetDimension() not in (2, 3):
-        raise UserInputError(f"{path}: only 2D and 3D label images are supported, this one is {img.GetDimension()}D")
-    arr = sitk.GetArrayFromImage(img)
+        raise UserInputError(f"{path}: only 2D and 3D {what}s are supported, this one is {img.GetDimension()}D")
+    geom = {"size": tuple(int(s) for s in img.GetSize()), "spacing": tuple(float(s) for s in img.GetSpacing()),
+            "origin": tuple(float(s) for s in img.GetOrigin()),
+            "direction": tuple(float(s) for s in img.GetDirection())}
+    return sitk.GetArrayFromImage(img), geom
+
+
+def read_label_image(path) -> Tuple[np.ndarray, dict]:
+    """Label array (SimpleITK array order, z-y-x) and header geometry (x-y-z order as in the file)."""
+    arr, geom = read_image(path, "label image")
     if not np.issubdtype(arr.dtype, np.integer):
         if not np.issubdtype(arr.dtype, np.floating) or not np.all(np.isfinite(arr)) or np.any(arr != np.round(arr)):
             raise UserInputError(f"{path}: not a label image (voxel values must be integers, found {arr.dtype} values "
                                  "that are not)")
         arr = arr.astype(np.int64)
-    geom = {"size": tuple(int(s) for s in img.GetSize()), "spacing": tuple(float(s) for s in img.GetSpacing()),
-            "origin": tuple(float(s) for s in img.GetOrigin()), "direction": tuple(float(s) for s in img.GetDirection())}
     return arr, geom
 
 

@@ -25,35 +25,42 @@ def load_metadata(path) -> dict:
         raise UserInputError(f"{path}: cannot read the phantom metadata ({e})") from None
 
 
-def tumour_rows(labels_folder, predictions: Dict[str, Path], metadata: dict, tolerance_mm: float = 2.0,
-                neighbourhood_mm: float = 10.0, file_ending: str = ".nii.gz") -> list:
-    """One row per (test tumour, method): case, tumour id, difficulty, method, dsc, sdsc, hd95, recall."""
-    rows = []
+def test_tumours(labels_folder, metadata: dict, file_ending: str = ".nii.gz"):
+    """Each test tumour of ``phantom_metadata.json`` found in ``labels_folder``: yields (case, reference path, the
+    reference's geometry, the tumour's metadata, its mask: the reference component that holds its inside voxel)."""
     cases = metadata["labelled_cases"] if "labelled_cases" in metadata else metadata["ct_cases"]  # older files
     for case, info in sorted(cases.items()):
         ref_path = Path(labels_folder) / f"{case}{file_ending}"
         if info.get("split") != "test" or not ref_path.is_file():
             continue
         ref, ref_geom = read_label_image(ref_path)
-        spacing = tuple(reversed(ref_geom["spacing"]))  # array axis order
         components, _ = ndimage.label(ref > 0)
-        preds = {}
-        for method, folder in predictions.items():
-            pred, pred_geom = read_label_image(Path(folder) / f"{case}{file_ending}")
-            check_geometry(ref_geom, pred_geom, ref_path, Path(folder) / f"{case}{file_ending}")
-            preds[method] = pred > 0
         for tumour in info["tumours"]:
             component = components[tuple(tumour["inside_voxel_zyx"])]
             if component == 0:
                 continue  # the tumour's voxel was overwritten by another structure; nothing to score
-            mask = components == component
-            near = ndimage.distance_transform_edt(~mask, sampling=spacing) <= neighbourhood_mm
-            for method, pred in preds.items():
-                m = mask_metrics(mask, pred & near, spacing, tolerance_mm)
-                rows.append({"case": case, "tumour": tumour["id"], "difficulty": tumour["difficulty"],
-                             "location": tumour["location"], "tumour_voxels": int(mask.sum()), "method": method,
-                             "dsc": m["dsc"], "sdsc": m["sdsc"], "hd95": m["hd95"],
-                             "recall": float((pred & mask).sum() / mask.sum())})
+            yield case, ref_path, ref_geom, tumour, components == component
+
+
+def tumour_rows(labels_folder, predictions: Dict[str, Path], metadata: dict, tolerance_mm: float = 2.0,
+                neighbourhood_mm: float = 10.0, file_ending: str = ".nii.gz") -> list:
+    """One row per (test tumour, method): case, tumour id, difficulty, method, dsc, sdsc, hd95, recall."""
+    rows, preds_of = [], {}
+    for case, ref_path, ref_geom, tumour, mask in test_tumours(labels_folder, metadata, file_ending):
+        spacing = tuple(reversed(ref_geom["spacing"]))  # array axis order
+        if case not in preds_of:
+            preds_of = {case: {}}
+            for method, folder in predictions.items():
+                pred, pred_geom = read_label_image(Path(folder) / f"{case}{file_ending}")
+                check_geometry(ref_geom, pred_geom, ref_path, Path(folder) / f"{case}{file_ending}")
+                preds_of[case][method] = pred > 0
+        near = ndimage.distance_transform_edt(~mask, sampling=spacing) <= neighbourhood_mm
+        for method, pred in preds_of[case].items():
+            m = mask_metrics(mask, pred & near, spacing, tolerance_mm)
+            rows.append({"case": case, "tumour": tumour["id"], "difficulty": tumour["difficulty"],
+                         "location": tumour["location"], "tumour_voxels": int(mask.sum()), "method": method,
+                         "dsc": m["dsc"], "sdsc": m["sdsc"], "hd95": m["hd95"],
+                         "recall": float((pred & mask).sum() / mask.sum())})
     if not rows:
         raise UserInputError(f"{labels_folder}: no test tumour of phantom_metadata.json found there")
     return rows
