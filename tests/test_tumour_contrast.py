@@ -118,3 +118,13 @@ def test_bad_input_is_one_line_and_nothing_is_overwritten(phantom, tmp_path):
     r = contrast(phantom, pmri=[str(phantom["perfect"])], output="kept")
     assert r.returncode == 2 and "kept.csv" in r.stderr and len(r.stderr.strip().splitlines()) == 1
     assert existing.read_text() == "a user's file\n"
+
+
+def test_the_ring_leaves_out_other_labels_and_the_gap():
+    mask = np.zeros((1, 1, 20), bool)
+    mask[0, 0, 8:12] = True
+    labelled = mask.copy()
+    labelled[0, 0, 14] = True  # another structure
+    assert np.flatnonzero(ring_of(mask, labelled, (1.0, 1.0, 1.0), 3.0)).tolist() == [5, 6, 7, 12, 13]
+    assert np.flatnonzero(ring_of(mask, labelled, (1.0, 1.0, 1.0), 3.0, gap_mm=2.0)).tolist() == [3, 4, 5, 15, 16]
+    assert np.flatnonzero(ring_of(mask, labelled, (1.0, 1.0, 2.0), 4.0)).tolist() == [6, 7, 12, 13]

@@ -57,10 +57,11 @@ def separation(values_in: np.ndarray, values_ring: np.ndarray) -> dict:
     return {"auc": max(a, 1.0 - a), "cnr": cnr}
 
 
-def ring_of(mask: np.ndarray, labelled: np.ndarray, spacing_zyx, ring_mm: float) -> np.ndarray:
-    """Voxels within ring_mm outside the tumour that belong to no labelled structure."""
+def ring_of(mask: np.ndarray, labelled: np.ndarray, spacing_zyx, ring_mm: float, gap_mm: float = 0.0) -> np.ndarray:
+    """Voxels farther than gap_mm and at most gap_mm + ring_mm outside the tumour that belong to no labelled
+    structure (a gap leaves out the tumour's border, where a blurred image mixes tumour and surroundings)."""
     distance = ndimage.distance_transform_edt(~mask, sampling=spacing_zyx)
-    return (distance > 0) & (distance <= ring_mm) & ~labelled
+    return (distance > gap_mm) & (distance <= gap_mm + ring_mm) & ~labelled
 
 
 # ---------------------------------------------------------------------------------------------- the tumours
@@ -101,7 +102,7 @@ def _image_of(folder: Path, case: str, suffixes, file_ending: str, what: str) ->
 
 # ---------------------------------------------------------------------------------------------- measuring
 def measure(labels, ct_folder, pmri: Dict[str, Path], mri_folder=None, phantom_metadata=None, label=None,
-            ring_mm: float = 3.0, file_ending: str = ".nii.gz") -> List[dict]:
+            ring_mm: float = 3.0, file_ending: str = ".nii.gz", gap_mm: float = 0.0) -> List[dict]:
     """One row per tumour: case, tumour, difficulty, voxels, ring voxels, and ``<image>_auc`` / ``<image>_cnr`` for
     the CT, each pMRI (by its name) and the MRI (the folder's, or the phantom's own with ``mri_folder='phantom'``)."""
     labels, ct_folder = Path(labels), Path(ct_folder)
@@ -123,7 +124,7 @@ def measure(labels, ct_folder, pmri: Dict[str, Path], mri_folder=None, phantom_m
             images_of = {case: _read_case_images(case, ref_path, geom, ct_folder, pmri, mri_folder, phantom_mri,
                                                  file_ending)}
         spacing = tuple(reversed(geom["spacing"]))
-        ring = ring_of(mask, labelled, spacing, ring_mm)
+        ring = ring_of(mask, labelled, spacing, ring_mm, gap_mm)
         if ring.sum() < MIN_RING_VOXELS:
             continue  # no surroundings to compare with (a tumour surrounded by other labels)
         row = {"case": case, "tumour": tumour["id"], "difficulty": tumour["difficulty"],
@@ -191,15 +192,21 @@ def summarise(rows: List[dict], pmri_names: List[str]) -> dict:
 
 
 def summary_table(summary: dict, names: List[str], pmri_names: List[str]) -> str:
-    headers = ["tumours", "n"] + [f"AUC {n}" for n in names] + [f"{n} - CT (higher, p)" for n in pmri_names]
+    """One row per image: its mean AUC per kind of tumour and, for a pMRI, its difference to the CT's."""
+    kinds = list(summary)
+    headers = ["image"] + [f"AUC {k} (n={summary[k]['n_tumours']})" for k in kinds] + \
+        [f"{k}: pMRI - CT (higher, p)" for k in kinds]
     rows = []
-    for kind, e in summary.items():
-        row = [kind, e["n_tumours"]] + [f"{fmt(e['auc'][n]['mean'])} ± {fmt(e['auc'][n]['sd'])}" for n in names]
-        for n in pmri_names:
-            c = e["pmri_vs_ct"][n]
-            row.append(f"{c['mean_difference']:+.3f} ({c['n_higher']}/{c['n']}, p {fmt(c['p_wilcoxon'], 4)})")
+    for name in names:
+        row = [name] + [f"{fmt(summary[k]['auc'][name]['mean'])} ± {fmt(summary[k]['auc'][name]['sd'])}"
+                        for k in kinds]
+        for k in kinds:
+            c = summary[k]["pmri_vs_ct"].get(name)
+            row.append("" if c is None else
+                       f"{c['mean_difference']:+.3f} ({c['n_higher']}/{c['n']}, p {fmt(c['p_wilcoxon'], 4)})")
         rows.append(row)
-    return format_table(headers, rows, "tumour vs ring AUC (0.5: invisible by intensity, 1: fully separated)")
+    return format_table(headers, rows, "tumour vs its surroundings, AUC (0.5: invisible by intensity, 1: fully "
+                                       "separated)")
 
 
 def plot(rows: List[dict], pmri_names: List[str], filename: Path) -> None:
@@ -274,6 +281,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--label", type=int, default=None, help="the tumour label (default: every foreground label)")
     p.add_argument("--ring-mm", type=float, default=3.0,
                    help="width of the surrounding ring in mm (default: 3)")
+    p.add_argument("--gap-mm", type=float, default=0.0,
+                   help="leave out the voxels within this distance of the tumour (its blurred border) from the ring "
+                        "(default: 0)")
     p.add_argument("--file-ending", default=".nii.gz")
     p.add_argument("-o", "--output-prefix", required=True, help="writes OUT_PREFIX.csv, .json and .png")
     p.add_argument("--overwrite", action="store_true", help="replace existing output files")
@@ -286,22 +296,24 @@ def main(argv=None) -> int:
     csv_path, json_path, png_path = (Path(prefix + e) for e in (".csv", ".json", ".png"))
     with exclusive_output(json_path, "nnunet_cmedl tumour-contrast"):
         refuse_existing_outputs([csv_path, json_path, png_path], args.overwrite)
-        if not args.ring_mm > 0:
-            raise UserInputError(f"--ring-mm: must be > 0, got {args.ring_mm}")
+        if not args.ring_mm > 0 or not args.gap_mm >= 0:
+            raise UserInputError(f"--ring-mm {args.ring_mm:g} / --gap-mm {args.gap_mm:g}: the ring must be wider "
+                                 f"than 0 and the gap at least 0")
         if args.phantom_metadata is not None:
             read_json(args.phantom_metadata, "phantom metadata")
         pmri = _named_folders(args.pmri)
         rows = measure(args.labels, args.ct, pmri, args.mri, args.phantom_metadata, args.label, args.ring_mm,
-                       args.file_ending)
+                       args.file_ending, args.gap_mm)
         names = image_names(rows)
         summary = summarise(rows, list(pmri))
         result = {"inputs": {"labels": str(Path(args.labels).resolve()), "ct": str(Path(args.ct).resolve()),
                              "pmri": {n: str(f.resolve()) for n, f in pmri.items()}, "mri": args.mri,
                              "phantom_metadata": args.phantom_metadata, "label": args.label,
-                             "ring_mm": args.ring_mm},
+                             "ring_mm": args.ring_mm, "gap_mm": args.gap_mm},
                   "definitions": {"auc": "max(A, 1 - A), A = Mann-Whitney U / (n_tumour n_ring): tumour voxels vs "
                                          "the ring's", "cnr": "(tumour mean - ring mean) / ring sd",
-                                  "ring": f"voxels within {args.ring_mm:g} mm outside the tumour, in no label"},
+                                  "ring": f"voxels more than {args.gap_mm:g} and at most "
+                                          f"{args.gap_mm + args.ring_mm:g} mm outside the tumour, in no label"},
                   "summary": summary, "per_tumour": rows}
         write_csv(csv_path, list(rows[0]), rows, overwrite=args.overwrite)
         write_json(json_path, result, overwrite=args.overwrite)
