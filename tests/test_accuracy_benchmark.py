@@ -382,9 +382,15 @@ def test_benchmark_evaluates_every_checkpoint_of_a_run_on_the_test_set(planned_d
     assert 0 < premise["hard"]["teacher"][0] < 0.9  # everything "tumour": the 10 mm around each tumour too
     assert premise["hard"]["teacher"][0] != premise["hard"]["student"][0]
     assert premise["hard"]["student"] == summary["tumours"]["hard"]["dsc"]["CMEDL"]["per_seed"]
+    # how well the pMRI the teacher segmented, and the CT, set the tumours apart (tumour-contrast's AUC)
+    for difficulty in ("hard", "easy"):
+        assert 0.5 <= premise[difficulty]["pMRI tumour AUC"][0] <= 1.0
+        assert premise[difficulty]["pMRI tumour AUC"][0] != premise[difficulty]["CT tumour AUC"][0]
+    assert premise["easy"]["CT tumour AUC"][0] > premise["hard"]["CT tumour AUC"][0]  # lung vs mediastinum
     benchmark_report.write_summary(summary, tmp_path)
     assert "hard (n=" in (tmp_path / "benchmark_summary.md").read_text()
     assert "teacher on pMRI" in (tmp_path / "benchmark_summary.md").read_text()
+    assert "tumour AUC in pMRI (CT)" in (tmp_path / "benchmark_summary.md").read_text()
     # another run whose student has the same weights (CMEDL_noHint vs plain nnU-Net at one seed, on the CPU): its
     # predictions are copied, not predicted again; a single changed weight is predicted
     predicted = tmp_path / "predictions" / f"{cls.__name__}_fold0" / "checkpoint_final"

@@ -41,6 +41,7 @@ def fake_results(seeds) -> dict:
             entry["final"] = entry["curve"][40]
             if m:
                 entry["teacher_final"] = rows(41)
+                entry["pmri_contrast"] = {d: {"pMRI": 0.6 + 0.01 * seed, "CT": 0.7} for d in ("hard", "easy", "all")}
             results[method][seed] = entry
     return results
 
@@ -121,6 +122,22 @@ def test_summaries_with_other_curve_epochs_merge_at_the_epochs_all_have(tmp_path
     assert {m: c["hard"]["epochs"] for m, c in merged["curves"].items()} == {m: [20, 40] for m in METHODS}
     assert all(len(seeds) == 4 for c in merged["curves"].values() for seeds in c["hard"]["dsc"])
     assert "Learning curves" in (tmp_path / "merged" / "benchmark_summary.md").read_text()
+
+
+def test_the_tumour_aucs_of_the_pmri_merge_where_every_summary_has_them(tmp_path):
+    summary_file(tmp_path / "a" / "benchmark_summary.json", [3, 4])
+    b = summary_file(tmp_path / "b" / "benchmark_summary.json", [5, 6])
+    merged = merge(tmp_path, tmp_path / "a", tmp_path / "b")
+    assert merged["teacher_on_pmri"]["CMEDL_x"]["hard"]["pMRI tumour AUC"] == pytest.approx([0.63, 0.64, 0.65, 0.66])
+    assert "tumour AUC in pMRI (CT)" in (tmp_path / "merged" / "benchmark_summary.md").read_text()
+    for difficulty in ("hard", "easy", "all"):  # b as written before stop 35: no AUCs
+        for key in ("pMRI tumour AUC", "CT tumour AUC"):
+            del b["teacher_on_pmri"]["CMEDL_x"][difficulty][key]
+    (tmp_path / "b" / "benchmark_summary.json").write_text(json.dumps(b))
+    older = merge(tmp_path, tmp_path / "a", tmp_path / "b", out="older")
+    teacher = older["teacher_on_pmri"]["CMEDL_x"]
+    assert teacher["seeds"] == [3, 4, 5, 6] and len(teacher["hard"]["teacher"]) == 4
+    assert "pMRI tumour AUC" not in teacher["hard"]
 
 
 def test_older_summaries_merge_with_the_tests_over_runs_only(tmp_path):

@@ -154,8 +154,10 @@ def merged_teachers(summaries: dict, where: dict) -> dict:
             for difficulty in DIFFICULTIES:
                 for key, values in teacher[difficulty].items():
                     entry.setdefault(difficulty, {}).setdefault(key, []).append(values[i])
-        if entry["seeds"]:
-            out[method] = entry
+        if entry["seeds"]:  # a value that some summaries do not have (older ones: the tumour AUCs) is left out
+            n = len(entry["seeds"])
+            out[method] = {"seeds": entry["seeds"], **{d: {k: v for k, v in entry[d].items() if len(v) == n}
+                                                       for d in DIFFICULTIES}}
     return out
 
 

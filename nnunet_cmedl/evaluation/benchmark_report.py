@@ -26,6 +26,7 @@ import numpy as np
 
 from nnunet_cmedl import plotting
 from nnunet_cmedl.checkpoint_io import load_checkpoint
+from nnunet_cmedl.errors import UserInputError
 from nnunet_cmedl.env import trainers_visible_to_nnunet
 from nnunet_cmedl.evaluation import per_tumour
 from nnunet_cmedl.evaluation.statistics import paired_t_test, paired_wilcoxon, welch_t_test
@@ -295,7 +296,26 @@ def teacher_vs_student(results: dict, baseline: str) -> dict:
             student = per_seed(lambda s: seeds[s]["final"])
             base = per_seed(lambda s: results[baseline][s]["final"] if s in results[baseline] else {"tumours": []})
             out[method][difficulty] = {"teacher": teacher, "student": student, f"{baseline} student": base}
+            if all("pmri_contrast" in seeds[s] for s in with_teacher):  # does the pMRI show the tumours?
+                for image in ("pMRI", "CT"):
+                    out[method][difficulty][f"{image} tumour AUC"] = [
+                        seeds[s]["pmri_contrast"][difficulty][image] for s in with_teacher]
     return out
+
+
+def pmri_contrast(labels: Path, images: Path, teacher_folder: Path, metadata_path: Path):
+    """Mean tumour-vs-surroundings AUC per kind of tumour in the pMRI the teacher segmented and in the CT
+    (``nnunet_cmedl tumour-contrast``), or None where the pMRI is not kept (the paired-MRI oracle)."""
+    from nnunet_cmedl.evaluation import tumour_contrast
+    pmri = teacher_folder / "pmri_and_teacher"
+    if not pmri.is_dir():
+        return None
+    try:
+        rows = tumour_contrast.measure(labels, images, {"pMRI": pmri}, phantom_metadata=metadata_path)
+    except UserInputError:  # no tumour with surroundings to measure
+        return None
+    return {d: {image: _mean(r[f"{image}_auc"] for r in rows if d == "all" or r["difficulty"] == d)
+                for image in ("pMRI", "CT")} for d in DIFFICULTIES}
 
 
 # ------------------------------------------------------------------------------------------------ evaluation
@@ -330,6 +350,9 @@ def evaluate(runs, data, workdir: Path, device: str, baseline: str, budget_name:
             teacher = predict_teacher_on_pmri(run, images, workdir, device, final_checkpoint)
             if teacher is not None:
                 entry["teacher_final"] = evaluate_prediction(labels, teacher, metadata, run.name + " teacher")
+                contrast = pmri_contrast(labels, images, teacher, data.raw_folder / "phantom_metadata.json")
+                if contrast is not None:
+                    entry["pmri_contrast"] = contrast
     header = {"budget": budget_name, "configuration": data.configuration, "dataset": data.dataset_name,
               "device": device, "command": command, "baseline": baseline,
               "iterations_per_epoch": BUDGETS[runs[0].trainer.split("_")[-2]]["num_iterations_per_epoch"],
@@ -522,10 +545,15 @@ def tables(summary: dict) -> str:
         for method, entry in teachers.items():
             for difficulty in DIFFICULTIES:
                 t, st, b = (entry[difficulty][k] for k in ("teacher", "student", f"{baseline} student"))
+                auc = entry[difficulty].get("pMRI tumour AUC")
                 rows.append([method, difficulty, " ".join(map(str, entry["seeds"])), fmt(_mean(t)), fmt(_mean(st)),
-                             fmt(_mean(b)), f"{sum(x > y for x, y in zip(t, st))}/{len(t)}"])
-        out += "\n\n" + format_table(headers, rows, "The paper's premise at the final checkpoint: the teacher on the pMRI "
-                                                    "of its own generator vs the student on CT (test DSC per tumour)")
+                             fmt(_mean(b)), f"{sum(x > y for x, y in zip(t, st))}/{len(t)}",
+                             "" if not auc else f"{fmt(_mean(auc))} ({fmt(_mean(entry[difficulty]['CT tumour AUC']))})"])
+        out += "\n\n" + format_table(headers + ["tumour AUC in pMRI (CT)"], rows,
+                                     "The paper's premise at the final checkpoint: the teacher on the pMRI of its own "
+                                     "generator vs the student on CT (test DSC per tumour); how well the pMRI and the "
+                                     "CT set the tumours apart from their surroundings (nnunet_cmedl tumour-contrast, "
+                                     "AUC 0.5: invisible, 1: fully separated)")
     return out
 
 

@@ -35,6 +35,7 @@ from nnunet_cmedl.evaluation.tables import (fmt, format_table, read_json, refuse
 CT, MRI = "CT", "MRI"
 MIN_TUMOUR_VOXELS = 5     # smaller components of a user's labels are not scored (too few voxels for an AUC)
 MIN_RING_VOXELS = 10
+DEFAULT_RING_MM = 3.0     # or the largest voxel spacing where that is wider (a ring at least one voxel deep)
 
 
 def read_intensities(path: Path):
@@ -55,6 +56,10 @@ def separation(values_in: np.ndarray, values_ring: np.ndarray) -> dict:
     sd = float(values_ring.std())
     cnr = (float(values_in.mean()) - float(values_ring.mean())) / sd if sd > 0 else float("nan")
     return {"auc": max(a, 1.0 - a), "cnr": cnr}
+
+
+def ring_width(ring_mm: Optional[float], spacing) -> float:
+    return ring_mm if ring_mm is not None else max(DEFAULT_RING_MM, *spacing)
 
 
 def ring_of(mask: np.ndarray, labelled: np.ndarray, spacing_zyx, ring_mm: float, gap_mm: float = 0.0) -> np.ndarray:
@@ -102,7 +107,7 @@ def _image_of(folder: Path, case: str, suffixes, file_ending: str, what: str) ->
 
 # ---------------------------------------------------------------------------------------------- measuring
 def measure(labels, ct_folder, pmri: Dict[str, Path], mri_folder=None, phantom_metadata=None, label=None,
-            ring_mm: float = 3.0, file_ending: str = ".nii.gz", gap_mm: float = 0.0) -> List[dict]:
+            ring_mm: Optional[float] = None, file_ending: str = ".nii.gz", gap_mm: float = 0.0) -> List[dict]:
     """One row per tumour: case, tumour, difficulty, voxels, ring voxels, and ``<image>_auc`` / ``<image>_cnr`` for
     the CT, each pMRI (by its name) and the MRI (the folder's, or the phantom's own with ``mri_folder='phantom'``)."""
     labels, ct_folder = Path(labels), Path(ct_folder)
@@ -124,7 +129,7 @@ def measure(labels, ct_folder, pmri: Dict[str, Path], mri_folder=None, phantom_m
             images_of = {case: _read_case_images(case, ref_path, geom, ct_folder, pmri, mri_folder, phantom_mri,
                                                  file_ending)}
         spacing = tuple(reversed(geom["spacing"]))
-        ring = ring_of(mask, labelled, spacing, ring_mm, gap_mm)
+        ring = ring_of(mask, labelled, spacing, ring_width(ring_mm, spacing), gap_mm)
         if ring.sum() < MIN_RING_VOXELS:
             continue  # no surroundings to compare with (a tumour surrounded by other labels)
         row = {"case": case, "tumour": tumour["id"], "difficulty": tumour["difficulty"],
@@ -279,8 +284,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--phantom-metadata", default=None,
                    help="phantom_metadata.json of a make-synthetic dataset: its test tumours, hard and easy")
     p.add_argument("--label", type=int, default=None, help="the tumour label (default: every foreground label)")
-    p.add_argument("--ring-mm", type=float, default=3.0,
-                   help="width of the surrounding ring in mm (default: 3)")
+    p.add_argument("--ring-mm", type=float, default=None,
+                   help=f"width of the surrounding ring in mm (default: {DEFAULT_RING_MM:g}, or the largest voxel "
+                        f"spacing where that is wider)")
     p.add_argument("--gap-mm", type=float, default=0.0,
                    help="leave out the voxels within this distance of the tumour (its blurred border) from the ring "
                         "(default: 0)")
@@ -296,9 +302,9 @@ def main(argv=None) -> int:
     csv_path, json_path, png_path = (Path(prefix + e) for e in (".csv", ".json", ".png"))
     with exclusive_output(json_path, "nnunet_cmedl tumour-contrast"):
         refuse_existing_outputs([csv_path, json_path, png_path], args.overwrite)
-        if not args.ring_mm > 0 or not args.gap_mm >= 0:
-            raise UserInputError(f"--ring-mm {args.ring_mm:g} / --gap-mm {args.gap_mm:g}: the ring must be wider "
-                                 f"than 0 and the gap at least 0")
+        if (args.ring_mm is not None and not args.ring_mm > 0) or not args.gap_mm >= 0:
+            raise UserInputError(f"--ring-mm {args.ring_mm} / --gap-mm {args.gap_mm:g}: the ring must be wider than "
+                                 f"0 and the gap at least 0")
         if args.phantom_metadata is not None:
             read_json(args.phantom_metadata, "phantom metadata")
         pmri = _named_folders(args.pmri)
@@ -312,8 +318,9 @@ def main(argv=None) -> int:
                              "ring_mm": args.ring_mm, "gap_mm": args.gap_mm},
                   "definitions": {"auc": "max(A, 1 - A), A = Mann-Whitney U / (n_tumour n_ring): tumour voxels vs "
                                          "the ring's", "cnr": "(tumour mean - ring mean) / ring sd",
-                                  "ring": f"voxels more than {args.gap_mm:g} and at most "
-                                          f"{args.gap_mm + args.ring_mm:g} mm outside the tumour, in no label"},
+                                  "ring": f"voxels more than {args.gap_mm:g} mm and at most {args.gap_mm:g} mm + "
+                                          f"the ring's width outside the tumour, in no label; width "
+                                          f"{args.ring_mm or f'{DEFAULT_RING_MM:g} mm or the largest spacing'}"},
                   "summary": summary, "per_tumour": rows}
         write_csv(csv_path, list(rows[0]), rows, overwrite=args.overwrite)
         write_json(json_path, result, overwrite=args.overwrite)
