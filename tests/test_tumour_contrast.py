@@ -15,7 +15,7 @@ import SimpleITK as sitk
 from scipy import ndimage
 
 from nnunet_cmedl.synthetic.dataset import make_synthetic_dataset
-from nnunet_cmedl.synthetic.paired_mri import _metadata, render_paired_mri
+from nnunet_cmedl.synthetic.paired_mri import phantom_settings, render_paired_mri
 from nnunet_cmedl.evaluation.tumour_contrast import ring_of
 
 RING_MM = "8"  # the small phantom's voxels are 6 mm in-plane
@@ -34,7 +34,7 @@ def phantom(tmp_path_factory):
                                    num_unpaired=1, ct_shape=(16, 48, 64), seed=5, preview=False, show_progress=False)
     folder = paths.dataset_folder
     metadata = json.loads((folder / "phantom_metadata.json").read_text())
-    grid = _metadata(folder)
+    grid = phantom_settings(folder)
     rng = np.random.default_rng(0)
     stand_ins = {name: root / name for name in ("perfect", "ct_copy", "blind")}
     for d in stand_ins.values():

@@ -73,10 +73,11 @@ def ring_of(mask: np.ndarray, labelled: np.ndarray, spacing_zyx, ring_mm: float,
 def phantom_tumours(labels: Path, metadata_path: Path):
     """(case, reference path, geometry, {'id', 'difficulty'}, mask, labelled) for each test tumour of a phantom."""
     from nnunet_cmedl.evaluation.per_tumour import load_metadata, test_tumours
-    metadata = load_metadata(metadata_path)
+    metadata, labelled_of = load_metadata(metadata_path), {}
     for case, ref_path, geom, tumour, mask in test_tumours(labels, metadata):
-        labelled = read_label_image(ref_path)[0] > 0
-        yield case, ref_path, geom, {"id": tumour["id"], "difficulty": tumour["difficulty"]}, mask, labelled
+        if case not in labelled_of:
+            labelled_of = {case: read_label_image(ref_path)[0] > 0}
+        yield case, ref_path, geom, {"id": tumour["id"], "difficulty": tumour["difficulty"]}, mask, labelled_of[case]
 
 
 def label_tumours(labels: Path, label: Optional[int], file_ending: str):
@@ -121,8 +122,8 @@ def measure(labels, ct_folder, pmri: Dict[str, Path], mri_folder=None, phantom_m
     if mri_folder == "phantom":
         if phantom_metadata is None:
             raise UserInputError("--mri phantom: needs --phantom-metadata (the phantom renders each patient's MRI)")
-        from nnunet_cmedl.synthetic.paired_mri import _metadata
-        phantom_mri = _metadata(Path(phantom_metadata).parent)
+        from nnunet_cmedl.synthetic.paired_mri import phantom_settings
+        phantom_mri = phantom_settings(Path(phantom_metadata).parent)
     rows, images_of = [], {}
     for case, ref_path, geom, tumour, mask, labelled in tumours:
         if case not in images_of:

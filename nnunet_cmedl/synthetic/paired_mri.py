@@ -43,7 +43,7 @@ def paired_folder(preprocessed_dataset_folder, data_identifier: str) -> Path:
     return Path(preprocessed_dataset_folder) / f"{data_identifier}{FOLDER_SUFFIX}"
 
 
-def _metadata(raw_folder: Path) -> dict:
+def phantom_settings(raw_folder: Path) -> dict:
     path = raw_folder / "phantom_metadata.json"
     try:
         metadata = json.loads(path.read_text())
@@ -76,7 +76,7 @@ class PhantomMRI:
     name = PHANTOM
 
     def __init__(self, raw_folder: Path):
-        self.metadata = _metadata(raw_folder)
+        self.metadata = phantom_settings(raw_folder)
 
     def __call__(self, case_id: str, ct_file, ct_properties: dict) -> np.ndarray:
         mri = render_paired_mri(self.metadata, case_id)
