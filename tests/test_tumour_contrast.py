@@ -87,11 +87,13 @@ def test_a_rendering_generator_shows_the_hard_tumours_better_than_the_ct_and_a_b
     header = (phantom["root"] / "contrast.csv").read_text().splitlines()[0]
     assert header.startswith("case,tumour,difficulty,tumour_voxels,ring_voxels,CT_auc,CT_cnr,perfect_auc")
     assert (phantom["root"] / "contrast.png").stat().st_size > 10_000
+    assert (phantom["root"] / "contrast_crops.png").stat().st_size > 10_000  # 3 hard + 3 easy tumours x 5 images
 
 
 def test_any_labels_without_phantom_metadata_are_one_kind(phantom):
-    r = contrast(phantom, pmri=[str(phantom["perfect"])], output="plain")
+    r = contrast(phantom, "--crops", "0", pmri=[str(phantom["perfect"])], output="plain")
     assert r.returncode == 0, r.stderr
+    assert not (phantom["root"] / "plain_crops.png").exists()
     summary = json.loads((phantom["root"] / "plain.json").read_text())["summary"]
     assert list(summary) == ["all"] and summary["all"]["n_tumours"] >= 6
     assert "MRI" not in summary["all"]["auc"] and summary["all"]["pmri_vs_ct"]["pMRI"]["mean_difference"] > 0.05

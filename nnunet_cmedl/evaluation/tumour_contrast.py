@@ -108,9 +108,11 @@ def _image_of(folder: Path, case: str, suffixes, file_ending: str, what: str) ->
 
 # ---------------------------------------------------------------------------------------------- measuring
 def measure(labels, ct_folder, pmri: Dict[str, Path], mri_folder=None, phantom_metadata=None, label=None,
-            ring_mm: Optional[float] = None, file_ending: str = ".nii.gz", gap_mm: float = 0.0) -> List[dict]:
+            ring_mm: Optional[float] = None, file_ending: str = ".nii.gz", gap_mm: float = 0.0,
+            on_tumour=None) -> List[dict]:
     """One row per tumour: case, tumour, difficulty, voxels, ring voxels, and ``<image>_auc`` / ``<image>_cnr`` for
-    the CT, each pMRI (by its name) and the MRI (the folder's, or the phantom's own with ``mri_folder='phantom'``)."""
+    the CT, each pMRI (by its name) and the MRI (the folder's, or the phantom's own with ``mri_folder='phantom'``).
+    ``on_tumour(row, images, mask, spacing_zyx)``, if given, is called for each measured tumour."""
     labels, ct_folder = Path(labels), Path(ct_folder)
     for folder, what in [(labels, "--labels"), (ct_folder, "--ct")] + [(Path(f), f"--pmri {n}") for n, f in
                                                                       pmri.items()]:
@@ -139,6 +141,8 @@ def measure(labels, ct_folder, pmri: Dict[str, Path], mri_folder=None, phantom_m
             s = separation(image[mask], image[ring])
             row[f"{name}_auc"], row[f"{name}_cnr"] = s["auc"], s["cnr"]
         rows.append(row)
+        if on_tumour is not None:
+            on_tumour(row, images_of[case], mask, spacing)
     if not rows:
         raise UserInputError(f"{labels}: no tumour found to measure (labels"
                              f"{' of phantom_metadata.json test cases' if phantom_metadata else ''})")
@@ -243,6 +247,44 @@ def plot(rows: List[dict], pmri_names: List[str], filename: Path) -> None:
     save_figure(fig, filename)
 
 
+class Crops:
+    """The first ``per_kind`` tumours of each kind, as 2d crops of every image through the tumour's largest slice."""
+
+    def __init__(self, per_kind: int):
+        self.per_kind, self.kept = per_kind, []
+
+    def __call__(self, row: dict, images: dict, mask: np.ndarray, spacing_zyx) -> None:
+        from nnunet_cmedl.evaluation.panels import _zoom_box
+        from nnunet_cmedl.plotting import largest_area_slice
+        if sum(r["difficulty"] == row["difficulty"] for r, _, _ in self.kept) >= self.per_kind:
+            return
+        z = largest_area_slice(mask)
+        r0, r1, c0, c1 = _zoom_box(mask[z], mask.shape[1:], tuple(spacing_zyx[1:]), factor=3.0, min_mm=45.0)
+        self.kept.append((row, {n: im[z, r0:r1, c0:c1].copy() for n, im in images.items()}, mask[z, r0:r1, c0:c1]))
+
+    def plot(self, filename: Path) -> None:
+        from nnunet_cmedl.evaluation.panels import _contour, _percentile_window
+        from nnunet_cmedl.plotting import save_figure, subplots
+        names = list(self.kept[0][1])
+        fig, axes = subplots(len(self.kept), len(names), squeeze=False,
+                             figsize=(1.9 * len(names), 2.0 * len(self.kept)))
+        fig.set_layout_engine("constrained")
+        for i, (row, crops, mask) in enumerate(self.kept):
+            for j, name in enumerate(names):
+                ax = axes[i][j]
+                low, high = _percentile_window(crops[name])
+                ax.imshow(crops[name], cmap="gray", vmin=low, vmax=high, extent=(0, mask.shape[1], mask.shape[0], 0))
+                _contour(ax, mask, "tab:red", (0, mask.shape[1], mask.shape[0], 0), linestyle=":")
+                ax.set_xticks([])
+                ax.set_yticks([])
+                ax.set_title(f"{name}: AUC {row[f'{name}_auc']:.2f}", fontsize=7)
+                if j == 0:
+                    ax.set_ylabel(f"{row['case']} #{row['tumour']}\n{row['difficulty']}", fontsize=7)
+        fig.suptitle("each tumour's largest slice (dotted: reference), each crop windowed to its own 1-99th "
+                     "percentiles", fontsize=8)
+        save_figure(fig, filename)
+
+
 # ---------------------------------------------------------------------------------------------- CLI
 def _named_folders(specs: List[str]) -> Dict[str, Path]:
     named = {}
@@ -292,6 +334,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="leave out the voxels within this distance of the tumour (its blurred border) from the ring "
                         "(default: 0)")
     p.add_argument("--file-ending", default=".nii.gz")
+    p.add_argument("--crops", type=int, default=3, metavar="N",
+                   help="OUT_PREFIX_crops.png: the first N tumours of each kind, every image cropped around them "
+                        "(default: 3; 0: none)")
     p.add_argument("-o", "--output-prefix", required=True, help="writes OUT_PREFIX.csv, .json and .png")
     p.add_argument("--overwrite", action="store_true", help="replace existing output files")
     return p
@@ -300,9 +345,13 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     prefix = strip_output_prefix(args.output_prefix)
-    csv_path, json_path, png_path = (Path(prefix + e) for e in (".csv", ".json", ".png"))
+    csv_path, json_path, png_path, crops_path = (Path(prefix + e) for e in (".csv", ".json", ".png", "_crops.png"))
     with exclusive_output(json_path, "nnunet_cmedl tumour-contrast"):
-        refuse_existing_outputs([csv_path, json_path, png_path], args.overwrite)
+        refuse_existing_outputs([csv_path, json_path, png_path] + ([crops_path] if args.crops else []),
+                                args.overwrite)
+        if args.crops < 0:
+            raise UserInputError(f"--crops {args.crops}: must be 0 or more")
+        crops = Crops(args.crops) if args.crops else None
         if (args.ring_mm is not None and not args.ring_mm > 0) or not args.gap_mm >= 0:
             raise UserInputError(f"--ring-mm {args.ring_mm} / --gap-mm {args.gap_mm:g}: the ring must be wider than "
                                  f"0 and the gap at least 0")
@@ -310,7 +359,7 @@ def main(argv=None) -> int:
             read_json(args.phantom_metadata, "phantom metadata")
         pmri = _named_folders(args.pmri)
         rows = measure(args.labels, args.ct, pmri, args.mri, args.phantom_metadata, args.label, args.ring_mm,
-                       args.file_ending, args.gap_mm)
+                       args.file_ending, args.gap_mm, on_tumour=crops)
         names = image_names(rows)
         summary = summarise(rows, list(pmri))
         result = {"inputs": {"labels": str(Path(args.labels).resolve()), "ct": str(Path(args.ct).resolve()),
@@ -326,8 +375,10 @@ def main(argv=None) -> int:
         write_csv(csv_path, list(rows[0]), rows, overwrite=args.overwrite)
         write_json(json_path, result, overwrite=args.overwrite)
         plot(rows, list(pmri), png_path)
+        if crops is not None:
+            crops.plot(crops_path)
     print(summary_table(summary, names, list(pmri)))
-    print(f"wrote {csv_path}, {json_path} and {png_path}")
+    print(f"wrote {csv_path}, {json_path}, {png_path}{f' and {crops_path}' if crops else ''}")
     return 0
 
 
