@@ -49,6 +49,12 @@ def test_generated_benchmark_trainers_seed_plain_nnunet_too(planned_dataset, mon
     cmedl = getattr(benchmark_trainers, "nnUNetTrainerCMEDL_noHint_benchCPU_seed2")
     t = make_trainer(planned_dataset, cmedl, SMALL_2D, monkeypatch)
     assert (t.seed, t.lambda_hint, t.generator_features, t.num_epochs) == (2, 0.0, 16, 40)
+    # stop 35: one method keeps the trainer's own I2I sizes, which the budget otherwise halves
+    full = make_trainer(planned_dataset, getattr(benchmark_trainers, "nnUNetTrainerCMEDL_noHintFullI2I_benchCPU_seed2"),
+                        SMALL_2D, monkeypatch)
+    assert (full.generator_features, full.generator_res_blocks, full.discriminator_features) == (32, 6, 64)
+    assert (t.generator_res_blocks, t.discriminator_features) == (3, 32)
+    assert (full.seed, full.lambda_hint, full.num_epochs, full.save_snapshot_every) == (2, 0.0, 40, 10)
 
 
 def test_with_the_hint_off_the_cmedl_student_is_plain_nnunet_bit_for_bit(planned_dataset, monkeypatch):

@@ -136,6 +136,18 @@ METHODS["CMEDL_ctTeacherSameRunTumourAfterOnset"] = nnUNetTrainerCMEDL_ctTeacher
 WARM_STARTS["CMEDL_ctTeacherSameRunTumourAfterOnset"] = ("nnU-Net", 0, None, 0)
 
 
+class nnUNetTrainerCMEDL_noHintFullI2I(variants.nnUNetTrainerCMEDL_noHint):
+    """noHint with the trainer's own I2I sizes (generators of 32 features and 6 residual blocks, PatchGAN of 64; the
+    cpu budget otherwise halves them, I2I_SIZES_KEPT): does a generator of twice the width and depth render the
+    hard tumours that the cpu budget's does not (stop 35, ``nnunet_cmedl tumour-contrast``)?"""
+
+
+METHODS["CMEDL_noHintFullI2I"] = nnUNetTrainerCMEDL_noHintFullI2I
+# methods whose I2I sizes the budget leaves as the trainer sets them
+I2I_SIZES_KEPT = {"CMEDL_noHintFullI2I"}
+I2I_SIZES = ("generator_features", "generator_res_blocks", "discriminator_features")
+
+
 def warm_start_source(method: str, budget: str, fold: int = 0):
     """(method, seed, budget, fold) of the run that ``method`` at ``budget`` and ``fold`` warm-starts from; None if it
     starts fresh."""
@@ -154,6 +166,8 @@ def _make(method: str, budget: str, seed: int) -> type:
     base = METHODS[method]
     settings = dict(BUDGETS[budget])
     cmedl_settings = settings.pop("cmedl")
+    if method in I2I_SIZES_KEPT:
+        cmedl_settings = {k: v for k, v in cmedl_settings.items() if k not in I2I_SIZES}
 
     def __init__(self, plans, configuration, fold, dataset_json, device=None):
         base.__init__(self, plans, configuration, fold, dataset_json,
