@@ -25,7 +25,7 @@ def load_metadata(path) -> dict:
         raise UserInputError(f"{path}: cannot read the phantom metadata ({e})") from None
 
 
-def test_tumours(labels_folder, metadata: dict, file_ending: str = ".nii.gz"):
+def each_test_tumour(labels_folder, metadata: dict, file_ending: str = ".nii.gz"):
     """Each test tumour of ``phantom_metadata.json`` found in ``labels_folder``: yields (case, reference path, the
     reference's geometry, the tumour's metadata, its mask: the reference component that holds its inside voxel)."""
     cases = metadata["labelled_cases"] if "labelled_cases" in metadata else metadata["ct_cases"]  # older files
@@ -46,7 +46,7 @@ def tumour_rows(labels_folder, predictions: Dict[str, Path], metadata: dict, tol
                 neighbourhood_mm: float = 10.0, file_ending: str = ".nii.gz") -> list:
     """One row per (test tumour, method): case, tumour id, difficulty, method, dsc, sdsc, hd95, recall."""
     rows, preds_of = [], {}
-    for case, ref_path, ref_geom, tumour, mask in test_tumours(labels_folder, metadata, file_ending):
+    for case, ref_path, ref_geom, tumour, mask in each_test_tumour(labels_folder, metadata, file_ending):
         spacing = tuple(reversed(ref_geom["spacing"]))  # array axis order
         if case not in preds_of:
             preds_of = {case: {}}

@@ -35,7 +35,7 @@ from nnunet_cmedl.evaluation.tables import (fmt, format_table, read_json, refuse
 CT, MRI = "CT", "MRI"
 MIN_TUMOUR_VOXELS = 5     # smaller components of a user's labels are not scored (too few voxels for an AUC)
 MIN_RING_VOXELS = 10
-DEFAULT_RING_MM = 3.0     # or the largest voxel spacing where that is wider (a ring at least one voxel deep)
+DEFAULT_RING_MM = 3.0     # or the smallest voxel spacing where that is wider (the ring holds the nearest voxels)
 
 
 def read_intensities(path: Path):
@@ -59,7 +59,7 @@ def separation(values_in: np.ndarray, values_ring: np.ndarray) -> dict:
 
 
 def ring_width(ring_mm: Optional[float], spacing) -> float:
-    return ring_mm if ring_mm is not None else max(DEFAULT_RING_MM, *spacing)
+    return ring_mm if ring_mm is not None else max(DEFAULT_RING_MM, min(spacing))
 
 
 def ring_of(mask: np.ndarray, labelled: np.ndarray, spacing_zyx, ring_mm: float, gap_mm: float = 0.0) -> np.ndarray:
@@ -72,9 +72,9 @@ def ring_of(mask: np.ndarray, labelled: np.ndarray, spacing_zyx, ring_mm: float,
 # ---------------------------------------------------------------------------------------------- the tumours
 def phantom_tumours(labels: Path, metadata_path: Path):
     """(case, reference path, geometry, {'id', 'difficulty'}, mask, labelled) for each test tumour of a phantom."""
-    from nnunet_cmedl.evaluation.per_tumour import load_metadata, test_tumours
+    from nnunet_cmedl.evaluation.per_tumour import load_metadata, each_test_tumour
     metadata, labelled_of = load_metadata(metadata_path), {}
-    for case, ref_path, geom, tumour, mask in test_tumours(labels, metadata):
+    for case, ref_path, geom, tumour, mask in each_test_tumour(labels, metadata):
         if case not in labelled_of:
             labelled_of = {case: read_label_image(ref_path)[0] > 0}
         yield case, ref_path, geom, {"id": tumour["id"], "difficulty": tumour["difficulty"]}, mask, labelled_of[case]
@@ -328,7 +328,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="phantom_metadata.json of a make-synthetic dataset: its test tumours, hard and easy")
     p.add_argument("--label", type=int, default=None, help="the tumour label (default: every foreground label)")
     p.add_argument("--ring-mm", type=float, default=None,
-                   help=f"width of the surrounding ring in mm (default: {DEFAULT_RING_MM:g}, or the largest voxel "
+                   help=f"width of the surrounding ring in mm (default: {DEFAULT_RING_MM:g}, or the smallest voxel "
                         f"spacing where that is wider)")
     p.add_argument("--gap-mm", type=float, default=0.0,
                    help="leave out the voxels within this distance of the tumour (its blurred border) from the ring "
@@ -370,7 +370,7 @@ def main(argv=None) -> int:
                                          "the ring's", "cnr": "(tumour mean - ring mean) / ring sd",
                                   "ring": f"voxels more than {args.gap_mm:g} mm and at most {args.gap_mm:g} mm + "
                                           f"the ring's width outside the tumour, in no label; width "
-                                          f"{args.ring_mm or f'{DEFAULT_RING_MM:g} mm or the largest spacing'}"},
+                                          f"{args.ring_mm or f'{DEFAULT_RING_MM:g} mm or the smallest spacing'}"},
                   "summary": summary, "per_tumour": rows}
         write_csv(csv_path, list(rows[0]), rows, overwrite=args.overwrite)
         write_json(json_path, result, overwrite=args.overwrite)
