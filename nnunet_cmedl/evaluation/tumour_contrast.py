@@ -109,7 +109,7 @@ def _image_of(folder: Path, case: str, suffixes, file_ending: str, what: str) ->
 # ---------------------------------------------------------------------------------------------- measuring
 def measure(labels, ct_folder, pmri: Dict[str, Path], mri_folder=None, phantom_metadata=None, label=None,
             ring_mm: Optional[float] = None, file_ending: str = ".nii.gz", gap_mm: float = 0.0,
-            on_tumour=None) -> List[dict]:
+            on_tumour=None, show_progress: bool = False) -> List[dict]:
     """One row per tumour: case, tumour, difficulty, voxels, ring voxels, and ``<image>_auc`` / ``<image>_cnr`` for
     the CT, each pMRI (by its name) and the MRI (the folder's, or the phantom's own with ``mri_folder='phantom'``).
     ``on_tumour(row, images, mask, spacing_zyx)``, if given, is called for each measured tumour."""
@@ -126,11 +126,14 @@ def measure(labels, ct_folder, pmri: Dict[str, Path], mri_folder=None, phantom_m
             raise UserInputError("--mri phantom: needs --phantom-metadata (the phantom renders each patient's MRI)")
         from nnunet_cmedl.synthetic.paired_mri import phantom_settings
         phantom_mri = phantom_settings(Path(phantom_metadata).parent)
-    rows, images_of = [], {}
-    for case, ref_path, geom, tumour, mask, labelled in tumours:
+    from tqdm import tqdm
+    tumours = list(tumours)
+    paths_of = {case: _case_paths(case, ct_folder, pmri, mri_folder, file_ending) for case, *_ in tumours}
+    rows, images_of = [], {}  # every file found before any is read
+    for case, ref_path, geom, tumour, mask, labelled in tqdm(tumours, desc="tumours", unit="tumour",
+                                                               disable=not show_progress):
         if case not in images_of:
-            images_of = {case: _read_case_images(case, ref_path, geom, ct_folder, pmri, mri_folder, phantom_mri,
-                                                 file_ending)}
+            images_of = {case: _read_case_images(case, ref_path, geom, paths_of[case], phantom_mri)}
         spacing = tuple(reversed(geom["spacing"]))
         ring = ring_of(mask, labelled, spacing, ring_width(ring_mm, spacing), gap_mm)
         if ring.sum() < MIN_RING_VOXELS:
@@ -149,12 +152,16 @@ def measure(labels, ct_folder, pmri: Dict[str, Path], mri_folder=None, phantom_m
     return rows
 
 
-def _read_case_images(case, ref_path, geom, ct_folder, pmri, mri_folder, phantom_mri, file_ending) -> dict:
+def _case_paths(case, ct_folder, pmri, mri_folder, file_ending) -> dict:
     paths = {CT: _image_of(ct_folder, case, ("_0000", ""), file_ending, "CT")}
     for name, folder in pmri.items():
         paths[name] = _image_of(Path(folder), case, ("_pMRI",), file_ending, f"pMRI ({name})")
     if mri_folder not in (None, "phantom"):
         paths[MRI] = _image_of(Path(mri_folder), case, ("", "_0000"), file_ending, "registered MRI")
+    return paths
+
+
+def _read_case_images(case, ref_path, geom, paths, phantom_mri) -> dict:
     images = {}
     for name, path in paths.items():
         images[name], image_geom = read_intensities(path)
@@ -307,7 +314,7 @@ def build_parser() -> argparse.ArgumentParser:
                     "outside it, in no label): AUC (0.5: invisible by intensity, 1: every tumour voxel brighter, "
                     "or every one darker, than every ring voxel) and CNR, in the CT, each pMRI and the patients' own "
                     "MRI where there is one. CMEDL's teacher can only teach what it sees on the pMRI: a pMRI whose "
-                    "AUCs are no higher than the CT's adds nothing a CT network could not see itself. Writes "
+                    "AUCs are no higher than the CT's adds no contrast the CT does not already have. Writes "
                     "OUT_PREFIX.csv (per tumour), .json (summary, paired Wilcoxon pMRI vs CT and vs MRI) and .png.",
         epilog="example (a benchmark run's pMRI of the test CTs, on the phantom):\n"
                "  nnunet_cmedl tumour-contrast --labels nnUNet_raw/Dataset502_CMEDLThorax/labelsTs --ct "
@@ -359,7 +366,7 @@ def main(argv=None) -> int:
             read_json(args.phantom_metadata, "phantom metadata")
         pmri = _named_folders(args.pmri)
         rows = measure(args.labels, args.ct, pmri, args.mri, args.phantom_metadata, args.label, args.ring_mm,
-                       args.file_ending, args.gap_mm, on_tumour=crops)
+                       args.file_ending, args.gap_mm, on_tumour=crops, show_progress=True)
         names = image_names(rows)
         summary = summarise(rows, list(pmri))
         result = {"inputs": {"labels": str(Path(args.labels).resolve()), "ct": str(Path(args.ct).resolve()),
