@@ -651,3 +651,13 @@ def test_benchmark_skips_nnunets_final_validation_unless_asked(monkeypatch, tmp_
         with pytest.raises(Stop):
             benchmark.main(["--workdir", str(tmp_path / "w"), "--device", "cpu"] + extra)
     assert seen == ["1", "0"]
+
+
+def test_the_pmri_tumour_aucs_are_left_out_with_a_warning_where_they_cannot_be_measured(tmp_path, capsys):
+    from nnunet_cmedl.evaluation import benchmark_report
+    (tmp_path / "teacher" / "pmri_and_teacher").mkdir(parents=True)
+    assert benchmark_report.pmri_contrast(tmp_path, tmp_path, tmp_path / "teacher", tmp_path / "missing.json") is None
+    assert "pmri_and_teacher: no tumour AUCs" in capsys.readouterr().err
+    # the paired-MRI oracle keeps no pMRI: nothing to measure, nothing to say
+    assert benchmark_report.pmri_contrast(tmp_path, tmp_path, tmp_path / "oracle", tmp_path / "missing.json") is None
+    assert capsys.readouterr().err == ""

@@ -19,6 +19,7 @@ import hashlib
 import io
 import json
 import math
+import sys
 from collections import defaultdict
 from pathlib import Path
 
@@ -312,7 +313,8 @@ def pmri_contrast(labels: Path, images: Path, teacher_folder: Path, metadata_pat
         return None
     try:
         rows = tumour_contrast.measure(labels, images, {"pMRI": pmri}, phantom_metadata=metadata_path)
-    except UserInputError:  # no tumour with surroundings to measure
+    except UserInputError as e:  # e.g. a pMRI folder left incomplete: the benchmark goes on without the AUCs
+        print(f"warning: {pmri}: no tumour AUCs ({e})", file=sys.stderr)
         return None
     return {d: {image: _mean(r[f"{image}_auc"] for r in rows if d == "all" or r["difficulty"] == d)
                 for image in ("pMRI", "CT")} for d in DIFFICULTIES}

@@ -107,7 +107,7 @@ def _image_of(folder: Path, case: str, suffixes, file_ending: str, what: str) ->
 
 
 # ---------------------------------------------------------------------------------------------- measuring
-def measure(labels, ct_folder, pmri: Dict[str, Path], mri_folder=None, phantom_metadata=None, label=None,
+def measure(labels, ct_folder, pmri: Dict[str, Path], *, mri_folder=None, phantom_metadata=None, label=None,
             ring_mm: Optional[float] = None, file_ending: str = ".nii.gz", gap_mm: float = 0.0,
             on_tumour=None, show_progress: bool = False) -> List[dict]:
     """One row per tumour: case, tumour, difficulty, voxels, ring voxels, and ``<image>_auc`` / ``<image>_cnr`` for
@@ -365,8 +365,9 @@ def main(argv=None) -> int:
         if args.phantom_metadata is not None:
             read_json(args.phantom_metadata, "phantom metadata")
         pmri = _named_folders(args.pmri)
-        rows = measure(args.labels, args.ct, pmri, args.mri, args.phantom_metadata, args.label, args.ring_mm,
-                       args.file_ending, args.gap_mm, on_tumour=crops, show_progress=True)
+        rows = measure(args.labels, args.ct, pmri, mri_folder=args.mri, phantom_metadata=args.phantom_metadata,
+                       label=args.label, ring_mm=args.ring_mm, file_ending=args.file_ending, gap_mm=args.gap_mm,
+                       on_tumour=crops, show_progress=True)
         names = image_names(rows)
         summary = summarise(rows, list(pmri))
         result = {"inputs": {"labels": str(Path(args.labels).resolve()), "ct": str(Path(args.ct).resolve()),
