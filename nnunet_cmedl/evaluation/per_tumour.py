@@ -27,26 +27,28 @@ def load_metadata(path) -> dict:
 
 def each_test_tumour(labels_folder, metadata: dict, file_ending: str = ".nii.gz"):
     """Each test tumour of ``phantom_metadata.json`` found in ``labels_folder``: yields (case, reference path, the
-    reference's geometry, the tumour's metadata, its mask: the reference component that holds its inside voxel)."""
+    reference's geometry, the tumour's metadata, its mask: the reference component that holds its inside voxel,
+    and the reference's foreground)."""
     cases = metadata["labelled_cases"] if "labelled_cases" in metadata else metadata["ct_cases"]  # older files
     for case, info in sorted(cases.items()):
         ref_path = Path(labels_folder) / f"{case}{file_ending}"
         if info.get("split") != "test" or not ref_path.is_file():
             continue
         ref, ref_geom = read_label_image(ref_path)
-        components, _ = ndimage.label(ref > 0)
+        labelled = ref > 0
+        components, _ = ndimage.label(labelled)
         for tumour in info["tumours"]:
             component = components[tuple(tumour["inside_voxel_zyx"])]
             if component == 0:
                 continue  # the tumour's voxel was overwritten by another structure; nothing to score
-            yield case, ref_path, ref_geom, tumour, components == component
+            yield case, ref_path, ref_geom, tumour, components == component, labelled
 
 
 def tumour_rows(labels_folder, predictions: Dict[str, Path], metadata: dict, tolerance_mm: float = 2.0,
                 neighbourhood_mm: float = 10.0, file_ending: str = ".nii.gz") -> list:
     """One row per (test tumour, method): case, tumour id, difficulty, method, dsc, sdsc, hd95, recall."""
     rows, preds_of = [], {}
-    for case, ref_path, ref_geom, tumour, mask in each_test_tumour(labels_folder, metadata, file_ending):
+    for case, ref_path, ref_geom, tumour, mask, _ in each_test_tumour(labels_folder, metadata, file_ending):
         spacing = tuple(reversed(ref_geom["spacing"]))  # array axis order
         if case not in preds_of:
             preds_of = {case: {}}

@@ -29,7 +29,7 @@ from scipy import ndimage, stats
 from mri_unpaired.atomic import exclusive_output
 from nnunet_cmedl.errors import UserInputError
 from nnunet_cmedl.evaluation.metrics import check_geometry, read_image, read_label_image
-from nnunet_cmedl.evaluation.tables import (fmt, format_table, read_json, refuse_existing_outputs,
+from nnunet_cmedl.evaluation.tables import (fmt, format_table, refuse_existing_outputs,
                                             strip_output_prefix, write_csv, write_json)
 
 CT, MRI = "CT", "MRI"
@@ -40,8 +40,6 @@ DEFAULT_RING_MM = 3.0     # or the smallest voxel spacing where that is wider (t
 
 def read_intensities(path: Path):
     """(float32 array in SimpleITK order z, y, x; geometry as read_label_image gives it)."""
-    if not path.is_file():
-        raise UserInputError(f"{path}: image not found")
     arr, geom = read_image(path)
     arr = arr.astype(np.float32)
     if not np.all(np.isfinite(arr)):
@@ -73,11 +71,8 @@ def ring_of(mask: np.ndarray, labelled: np.ndarray, spacing_zyx, ring_mm: float,
 def phantom_tumours(labels: Path, metadata_path: Path):
     """(case, reference path, geometry, {'id', 'difficulty'}, mask, labelled) for each test tumour of a phantom."""
     from nnunet_cmedl.evaluation.per_tumour import load_metadata, each_test_tumour
-    metadata, labelled_of = load_metadata(metadata_path), {}
-    for case, ref_path, geom, tumour, mask in each_test_tumour(labels, metadata):
-        if case not in labelled_of:
-            labelled_of = {case: read_label_image(ref_path)[0] > 0}
-        yield case, ref_path, geom, {"id": tumour["id"], "difficulty": tumour["difficulty"]}, mask, labelled_of[case]
+    for case, ref_path, geom, tumour, mask, labelled in each_test_tumour(labels, load_metadata(metadata_path)):
+        yield case, ref_path, geom, {"id": tumour["id"], "difficulty": tumour["difficulty"]}, mask, labelled
 
 
 def label_tumours(labels: Path, label: Optional[int], file_ending: str):
@@ -362,8 +357,6 @@ def main(argv=None) -> int:
         if (args.ring_mm is not None and not args.ring_mm > 0) or not args.gap_mm >= 0:
             raise UserInputError(f"--ring-mm {args.ring_mm} / --gap-mm {args.gap_mm:g}: the ring must be wider than "
                                  f"0 and the gap at least 0")
-        if args.phantom_metadata is not None:
-            read_json(args.phantom_metadata, "phantom metadata")
         pmri = _named_folders(args.pmri)
         rows = measure(args.labels, args.ct, pmri, mri_folder=args.mri, phantom_metadata=args.phantom_metadata,
                        label=args.label, ring_mm=args.ring_mm, file_ending=args.file_ending, gap_mm=args.gap_mm,
