@@ -72,6 +72,15 @@ def cli(*args) -> list:
     return [sys.executable, "-m", "nnunet_cmedl.cli", *args]
 
 
+def cli_chain(*commands) -> list:
+    """Several ``nnunet_cmedl`` commands run one after the other in one interpreter (each subprocess pays seconds of
+    imports); stops at the first that fails, with its exit status."""
+    script = ("import sys\nfrom nnunet_cmedl.cli import main\n"
+              f"for argv in {[[str(a) for a in c] for c in commands]!r}:\n"
+              "    rc = main(argv)\n    if rc:\n        sys.exit(rc)\n")
+    return [sys.executable, "-c", script]
+
+
 def build_planned_dataset(root: Path) -> dict:
     """The tiny dataset, planned and preprocessed by nnU-Net, with the small configurations and the unpaired MRI."""
     from nnunet_cmedl.synthetic.dataset import make_synthetic_dataset
@@ -83,12 +92,12 @@ def build_planned_dataset(root: Path) -> dict:
     # nnU-Net's planner calls torch.set_num_threads(nnUNet_n_proc_DA), which fails on 0
     run([BIN / "nnUNetv2_plan_and_preprocess", "-d", DATASET_ID, "-c", "3d_fullres", "2d", "-np", "1"],
         dict(env, nnUNet_n_proc_DA="1"))
-    run(cli("add-small-config", "-d", DATASET_ID, "--parent", "3d_fullres", "--name", SMALL_3D,
-            "--patch-size", "8", "32", "32", "--batch-size", "2", "--max-features", "16"), env)
-    run(cli("add-small-config", "-d", DATASET_ID, "--parent", "2d", "--name", SMALL_2D,
-            "--patch-size", "32", "32", "--batch-size", "2", "--max-features", "16"), env)
-    for config in ("3d_fullres", "2d"):
-        run(cli("preprocess-mri", "-d", DATASET_ID, "-c", config, "-i", paths.unpaired_folder, "-np", "0"), env)
+    run(cli_chain(["add-small-config", "-d", DATASET_ID, "--parent", "3d_fullres", "--name", SMALL_3D,
+                   "--patch-size", "8", "32", "32", "--batch-size", "2", "--max-features", "16"],
+                  ["add-small-config", "-d", DATASET_ID, "--parent", "2d", "--name", SMALL_2D,
+                   "--patch-size", "32", "32", "--batch-size", "2", "--max-features", "16"],
+                  *(["preprocess-mri", "-d", DATASET_ID, "-c", config, "-i", paths.unpaired_folder, "-np", "0"]
+                    for config in ("3d_fullres", "2d"))), env)
     return {"root": root, "env": env, "dataset_id": DATASET_ID, "dataset_name": paths.dataset_folder.name,
             "raw_folder": paths.dataset_folder}
 

@@ -237,8 +237,8 @@ def test_rank_0_checkpoint_loads_in_one_process_and_predicts_with_stock_nnunet(d
     single.load_checkpoint(str(Path(r0["output_folder"]) / "checkpoint_final.pth"))
     now = weights(single)
     assert now.keys() == r0["final"].keys() and all(torch.equal(now[k], r0["final"][k]) for k in now)
-    if trainer != CMEDL:
-        return  # stock prediction of these networks from a checkpoint: tests/test_strategies.py, test_fast_cmedl.py
+    # stock prediction from the DDP run's checkpoint (for FastCUT and pMRI-only the only one: tests/test_fast_cmedl.py
+    # and test_strategies.py run CUT and CT+pMRI through the stock CLI)
     out = tmp_path / "pred"
     run([BIN / "nnUNetv2_predict", "-i", ddp_runs["raw_folder"] / "imagesTs", "-o", out, "-d",
          ddp_runs["dataset_id"], "-c", SMALL_2D, "-f", "0", "-tr", trainer, "--disable_tta", "-device", "cpu",

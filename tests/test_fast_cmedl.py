@@ -106,7 +106,9 @@ def test_cut_checkpoint_restores_generator_heads_and_their_optimiser(planned_dat
         c.load_checkpoint(str(Path(a.output_folder) / "checkpoint_final.pth"))
 
 
-@pytest.mark.parametrize("trainer_name", [CUT_TINY, FASTCUT_TINY])
+# CUT through the stock CLI; FastCUT (CUT without the identity NCE term, test_cut_step_... above) trains and predicts
+# with stock nnU-Net in tests/test_ddp.py
+@pytest.mark.parametrize("trainer_name", [CUT_TINY])
 def test_cut_trainers_train_resume_predict_through_the_stock_cli(planned_dataset, trainer_name, tmp_path):
     env, did = planned_dataset["env"], planned_dataset["dataset_id"]
     run([BIN / "nnUNetv2_train", did, SMALL_2D, "0", "-tr", trainer_name, "-device", "cpu"],

@@ -10,7 +10,7 @@ import pickle
 import numpy as np
 import pytest
 
-from conftest import BIN, cli, nnunet_env, resume_mid_run, run, without_final_validation
+from conftest import BIN, cli, cli_chain, nnunet_env, resume_mid_run, run, without_final_validation
 
 DATASET_ID = 992
 SMALL_2D = "2d_tiny"
@@ -33,9 +33,11 @@ def mri_labelled(tmp_path_factory):
     raw = next((root / "nnUNet_raw").glob(f"Dataset{DATASET_ID}_*"))
     run([BIN / "nnUNetv2_plan_and_preprocess", "-d", DATASET_ID, "-c", "2d", "-np", "1"],
         dict(env, nnUNet_n_proc_DA="1"))
-    run(cli("add-small-config", "-d", DATASET_ID, "--parent", "2d", "--name", SMALL_2D, "--patch-size", "32", "32",
-            "--batch-size", "2", "--max-features", "16"), env)
-    prep = run(cli("preprocess-unpaired", "-d", DATASET_ID, "-c", SMALL_2D, "-i", raw / "unpairedCT", "-np", "1"), env)
+    prep = run(cli_chain(["add-small-config", "-d", DATASET_ID, "--parent", "2d", "--name", SMALL_2D,
+                          "--patch-size", "32", "32", "--batch-size", "2", "--max-features", "16"],
+                         ["preprocess-unpaired", "-d", DATASET_ID, "-c", SMALL_2D, "-i", raw / "unpairedCT",
+                          "-np", "1"]),
+               env)
     return {"root": root, "env": env, "raw": raw, "made": made, "prep": prep,
             "pp": root / "nnUNet_preprocessed" / raw.name}
 
