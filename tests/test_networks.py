@@ -13,8 +13,8 @@
 Each model trains nnUNetTrainerCMEDL_tinyCPU (2 epochs x 2 iterations) with the stock ``nnUNetv2_train``, is killed
 once its first checkpoint is written, resumes with ``--c``, and predicts with ``nnUNetv2_predict -p <plans>``. The
 runs are mostly Python start-up (nnU-Net's trainer lookup, its validation's worker processes), so they go in two
-chains side by side, one per CPU core: the two networks (their commands two at a time), then 3d_lowres and the
-cascade after it. The networks' configuration takes whole 48x64 slices: one sliding-window tile per slice.
+chains side by side (one per CPU core in one process, CMEDL_TEST_WORKERS=0; under pytest-xdist both share the
+worker's core): the two networks (their commands two at a time), then 3d_lowres and the cascade after it. The networks' configuration takes whole 48x64 slices: one sliding-window tile per slice.
 """
 import json
 import os
