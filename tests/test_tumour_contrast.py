@@ -16,7 +16,7 @@ from scipy import ndimage
 
 from nnunet_cmedl.synthetic.dataset import make_synthetic_dataset
 from nnunet_cmedl.synthetic.paired_mri import phantom_settings, render_paired_mri
-from nnunet_cmedl.evaluation.tumour_contrast import ring_of
+from nnunet_cmedl.evaluation.tumour_contrast import padded_box, ring_of
 
 RING_MM = "8"  # the small phantom's voxels are 6 mm in-plane
 
@@ -130,3 +130,25 @@ def test_the_ring_leaves_out_other_labels_and_the_gap():
     assert np.flatnonzero(ring_of(mask, labelled, (1.0, 1.0, 1.0), 3.0)).tolist() == [5, 6, 7, 12, 13]
     assert np.flatnonzero(ring_of(mask, labelled, (1.0, 1.0, 1.0), 3.0, gap_mm=2.0)).tolist() == [3, 4, 5, 15, 16]
     assert np.flatnonzero(ring_of(mask, labelled, (1.0, 1.0, 2.0), 4.0)).tolist() == [6, 7, 12, 13]
+
+
+@pytest.mark.parametrize("spacing, ring_mm, gap_mm", [((1.0, 1.0, 1.0), 3.0, 0.0), ((5.0, 0.8, 0.8), 3.0, 1.5),
+                                                      ((2.5, 0.7, 0.9), 6.0, 0.0)])
+def test_the_ring_in_a_box_around_the_tumour_is_the_ring_in_the_whole_image(spacing, ring_mm, gap_mm):
+    """A real CT is 512 x 512 x 300: each tumour's ring is computed in a box around it, and must not differ from
+    the whole image's, also for a tumour at the image's edge."""
+    rng = np.random.default_rng(0)
+    labelled = ndimage.gaussian_filter(rng.random((14, 60, 50)), (1.0, 3.0, 3.0)) > 0.53  # blobs, some at the edge
+    components, n = ndimage.label(labelled)
+    assert n >= 4
+    edge, smaller = False, 0
+    for index in range(1, n + 1):
+        mask = components == index
+        box = padded_box(mask, spacing, gap_mm + ring_mm)
+        whole = ring_of(mask, labelled, spacing, ring_mm, gap_mm)
+        in_box = np.zeros_like(whole)
+        in_box[box] = ring_of(mask[box], labelled[box], spacing, ring_mm, gap_mm)
+        assert whole.any() and np.array_equal(in_box, whole)
+        smaller += int(np.prod([s.stop - s.start for s in box]) < mask.size)
+        edge |= any(s.start == 0 or s.stop == dim for s, dim in zip(box, mask.shape))
+    assert edge and smaller == n

@@ -41,7 +41,7 @@ DEFAULT_RING_MM = 3.0     # or the smallest voxel spacing where that is wider (t
 def read_intensities(path: Path):
     """(float32 array in SimpleITK order z, y, x; geometry as read_label_image gives it)."""
     arr, geom = read_image(path)
-    arr = arr.astype(np.float32)
+    arr = arr.astype(np.float32, copy=False)
     if not np.all(np.isfinite(arr)):
         raise UserInputError(f"{path}: holds NaN or infinite values")
     return arr, geom
@@ -65,6 +65,15 @@ def ring_of(mask: np.ndarray, labelled: np.ndarray, spacing_zyx, ring_mm: float,
     structure (a gap leaves out the tumour's border, where a blurred image mixes tumour and surroundings)."""
     distance = ndimage.distance_transform_edt(~mask, sampling=spacing_zyx)
     return (distance > gap_mm) & (distance <= gap_mm + ring_mm) & ~labelled
+
+
+def padded_box(mask: np.ndarray, spacing_zyx, margin_mm: float) -> tuple:
+    """The slices of ``mask``'s bounding box widened by ``margin_mm`` (and one voxel) on every side, within the
+    image: a ring of width gap + ring computed in this box is the ring of the whole image (every voxel within that
+    distance of the tumour lies in the box), at the cost of the box, not of the image (a CT of 512 x 512 x 300)."""
+    box = ndimage.find_objects(mask.astype(np.uint8))[0]
+    return tuple(slice(max(0, s.start - pad), min(n, s.stop + pad)) for s, n, pad in
+                 zip(box, mask.shape, (int(np.ceil(margin_mm / sp)) + 1 for sp in spacing_zyx)))
 
 
 # ---------------------------------------------------------------------------------------------- the tumours
@@ -122,25 +131,31 @@ def measure(labels, ct_folder, pmri: Dict[str, Path], *, mri_folder=None, phanto
         from nnunet_cmedl.synthetic.paired_mri import phantom_settings
         phantom_mri = phantom_settings(Path(phantom_metadata).parent)
     from tqdm import tqdm
-    tumours = list(tumours)
-    paths_of = {case: _case_paths(case, ct_folder, pmri, mri_folder, file_ending) for case, *_ in tumours}
-    rows, images_of = [], {}  # every file found before any is read
-    for case, ref_path, geom, tumour, mask, labelled in tqdm(tumours, desc="tumours", unit="tumour",
-                                                               disable=not show_progress):
-        if case not in images_of:
-            images_of = {case: _read_case_images(case, ref_path, geom, paths_of[case], phantom_mri)}
+    boxed = []  # each tumour and its ring in a box around it, so that every file is found before any image is read
+    for case, ref_path, geom, tumour, mask, labelled in tumours:
         spacing = tuple(reversed(geom["spacing"]))
-        ring = ring_of(mask, labelled, spacing, ring_width(ring_mm, spacing), gap_mm)
+        box = padded_box(mask, spacing, gap_mm + ring_width(ring_mm, spacing))
+        ring = ring_of(mask[box], labelled[box], spacing, ring_width(ring_mm, spacing), gap_mm)
+        boxed.append((case, ref_path, geom, tumour, box, mask[box], ring))
+    paths_of = {case: _case_paths(case, ct_folder, pmri, mri_folder, file_ending) for case, *_ in boxed}
+    rows, images_of = [], {}
+    for case, ref_path, geom, tumour, box, mask, ring in tqdm(boxed, desc="tumours", unit="tumour",
+                                                              disable=not show_progress):
+        if case not in images_of:
+            images_of.clear()  # one case's images in memory at a time
+            images_of[case] = _read_case_images(case, ref_path, geom, paths_of[case], phantom_mri)
         if ring.sum() < MIN_RING_VOXELS:
             continue  # no surroundings to compare with (a tumour surrounded by other labels)
         row = {"case": case, "tumour": tumour["id"], "difficulty": tumour["difficulty"],
                "tumour_voxels": int(mask.sum()), "ring_voxels": int(ring.sum())}
         for name, image in images_of[case].items():
-            s = separation(image[mask], image[ring])
+            s = separation(image[box][mask], image[box][ring])
             row[f"{name}_auc"], row[f"{name}_cnr"] = s["auc"], s["cnr"]
         rows.append(row)
         if on_tumour is not None:
-            on_tumour(row, images_of[case], mask, spacing)
+            whole = np.zeros(images_of[case][CT].shape, bool)
+            whole[box] = mask
+            on_tumour(row, images_of[case], whole, tuple(reversed(geom["spacing"])))
     if not rows:
         raise UserInputError(f"{labels}: no tumour found to measure (labels"
                              f"{' of phantom_metadata.json test cases' if phantom_metadata else ''})")
