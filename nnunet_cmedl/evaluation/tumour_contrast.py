@@ -134,8 +134,9 @@ def measure(labels, ct_folder, pmri: Dict[str, Path], *, mri_folder=None, phanto
     boxed = []  # each tumour and its ring in a box around it, so that every file is found before any image is read
     for case, ref_path, geom, tumour, mask, labelled in tumours:
         spacing = tuple(reversed(geom["spacing"]))
-        box = padded_box(mask, spacing, gap_mm + ring_width(ring_mm, spacing))
-        ring = ring_of(mask[box], labelled[box], spacing, ring_width(ring_mm, spacing), gap_mm)
+        width = ring_width(ring_mm, spacing)
+        box = padded_box(mask, spacing, gap_mm + width)
+        ring = ring_of(mask[box], labelled[box], spacing, width, gap_mm)
         boxed.append((case, ref_path, geom, tumour, box, mask[box], ring))
     paths_of = {case: _case_paths(case, ct_folder, pmri, mri_folder, file_ending) for case, *_ in boxed}
     rows, images_of = [], {}
