@@ -71,9 +71,9 @@ def padded_box(mask: np.ndarray, spacing_zyx, margin_mm: float) -> tuple:
     """The slices of ``mask``'s bounding box widened by ``margin_mm`` (and one voxel) on every side, within the
     image: a ring of width gap + ring computed in this box is the ring of the whole image (every voxel within that
     distance of the tumour lies in the box), at the cost of the box, not of the image (a CT of 512 x 512 x 300)."""
-    box = ndimage.find_objects(mask.astype(np.uint8))[0]
-    return tuple(slice(max(0, s.start - pad), min(n, s.stop + pad)) for s, n, pad in
-                 zip(box, mask.shape, (int(np.ceil(margin_mm / sp)) + 1 for sp in spacing_zyx)))
+    from acvl_utils.cropping_and_padding.bounding_boxes import bounding_box_to_slice, pad_bbox
+    box = [[s.start, s.stop] for s in ndimage.find_objects(mask.astype(np.uint8))[0]]  # any dimension (2d too)
+    return bounding_box_to_slice(pad_bbox(box, [int(np.ceil(margin_mm / sp)) + 1 for sp in spacing_zyx], mask.shape))
 
 
 # ---------------------------------------------------------------------------------------------- the tumours
