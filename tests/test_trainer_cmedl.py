@@ -421,6 +421,68 @@ def test_a_masked_hint_does_not_pull_the_student_toward_a_teacher_that_is_wrong(
         trainer.train_step(batch)
 
 
+# region-based labels (a sigmoid per region) and labels with nnU-Net's ignore label; 3 is the ignore label (the highest)
+LABELS_WITH_IGNORE = {"regions": {"labels": {"background": 0, "whole": [1, 2], "core": 1, "ignore": 3},
+                                  "regions_class_order": [2, 1]},
+                      "labels": {"labels": {"background": 0, "tumour": 1, "rim": 2, "ignore": 3}}}
+
+
+@pytest.mark.parametrize("kind", sorted(LABELS_WITH_IGNORE))
+def test_every_hint_mask_trains_on_datasets_with_regions_or_an_ignore_label(planned_dataset, monkeypatch, tmp_path,
+                                                                            kind):
+    """Any nnU-Net dataset: with region-based labels and an ignore label, nnU-Net's batches carry one target channel
+    more than the outputs (the ignore mask, last: ConvertSegmentationToRegionsTransform); with plain labels the
+    ignore label is a value no output has. Every part trains under every hint mask, and the masks never count an
+    ignored voxel as one the teacher got right. (Batches as nnU-Net's transforms give them: the tiny dataset was not
+    preprocessed with these labels, so its loaders cannot serve them.)"""
+    from torch.nn.functional import interpolate
+    from nnunet_cmedl.training import nnUNetTrainerCMEDL_tinyCPU
+    for k in ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_n_proc_DA"):
+        monkeypatch.setenv(k, planned_dataset["env"][k])
+    monkeypatch.setenv("nnUNet_results", str(tmp_path))  # its dataset.json is not the dataset's: a folder of its own
+    pre = Path(planned_dataset["env"]["nnUNet_preprocessed"]) / planned_dataset["dataset_name"]
+    plans = dict(json.loads((pre / "nnUNetPlans.json").read_text()), continue_training=False)
+    dataset_json = dict(json.loads((pre / "dataset.json").read_text()), **LABELS_WITH_IGNORE[kind])
+    trainer = nnUNetTrainerCMEDL_tinyCPU(plans, SMALL_2D, 0, dataset_json, device=torch.device("cpu"))
+    assert trainer.label_manager.has_ignore_label and trainer.label_manager.has_regions == (kind == "regions")
+    trainer.initialize()
+    patch = [int(p) for p in trainer.configuration_manager.patch_size]
+    g = torch.Generator().manual_seed(0)
+    b = trainer.batch_size
+    trainer.dataloader_mri = itertools.repeat({"data": torch.randn((b, 1, *patch), generator=g)})
+    # a label map: tumour (1) in a disc, its rim (2) around it, the first rows unlabelled (3, the ignore label)
+    yy, xx = torch.meshgrid(*[torch.linspace(-1, 1, p) for p in patch], indexing="ij")
+    r = (yy ** 2 + xx ** 2).sqrt()
+    seg = torch.where(r < 0.35, 1, torch.where(r < 0.5, 2, 0))
+    seg[: patch[0] // 4] = 3
+    seg = seg.expand(b, 1, *patch)
+    if kind == "regions":  # channels: whole (1 or 2), core (1), then the ignore mask
+        full = torch.cat([(seg == 1) | (seg == 2), seg == 1, seg == 3], 1)
+    else:
+        full = seg.to(torch.int16)
+    targets = [interpolate(full.float(), [round(p * s) for p, s in zip(patch, scale)], mode="nearest-exact")
+               .to(full.dtype) for scale in trainer._get_deep_supervision_scales()]
+    batch = {"data": torch.randn((b, 1, *patch), generator=g), "target": targets}
+    trainer.on_train_epoch_start()
+    trainer.lambda_hint = 1.0
+    for mask in ("none", "teacher_correct", "teacher_correct_foreground"):
+        trainer.hint_mask = mask
+        out = trainer.train_step(batch)
+        assert all(np.isfinite(v) for v in out.values()), (mask, out)
+        assert out["hint"] > 0 or mask != "none", mask  # masked: a random teacher may find no voxel yet
+    # a teacher right on every labelled voxel: the masks are every labelled voxel (its tumour voxels), no ignored one
+    target = targets[0]
+    if kind == "regions":
+        logits, ignored, tumour = torch.where(target[:, :-1], 10.0, -10.0), target[:, -1:], target[:, :1]
+    else:
+        logits = torch.nn.functional.one_hot(target[:, 0].long().clamp(max=2), 3).movedim(-1, 1) * 20.0 - 10
+        ignored, tumour = target == 3, (target == 1) | (target == 2)
+    trainer.hint_mask = "teacher_correct"
+    assert torch.equal(trainer.hint_voxels(logits, target).bool(), ~ignored)
+    trainer.hint_mask = "teacher_correct_foreground"
+    assert torch.equal(trainer.hint_voxels(logits, target).bool(), tumour & ~ignored)
+
+
 @pytest.mark.parametrize("started_trainer", [TINY], indirect=True)
 def test_amp_the_student_keeps_a_loss_scaler_of_its_own(started_trainer, tmp_path):
     """On CUDA every loss is scaled by an AMP grad scaler (here CPU scalers run the same code). The student's part of

@@ -134,21 +134,31 @@ def _normalised(features: torch.Tensor, normalisation: str) -> torch.Tensor:
 HINT_MASKS = ("none", "teacher_correct", "teacher_correct_foreground")
 
 
-def teacher_correct_mask(output, target, has_regions: bool = False, foreground_only: bool = False) -> torch.Tensor:
+def teacher_correct_mask(output, target, has_regions: bool = False, foreground_only: bool = False,
+                         has_ignore_label: bool = False) -> torch.Tensor:
     """1 where the teacher's segmentation (of the highest-resolution output) equals the label, else 0: ``(B, 1, ...)``.
 
-    Labels: the argmax class equals the target (nnU-Net's ignore label never does). Regions: every region's
-    sigmoid > 0.5 agrees with the target. ``foreground_only``: only where, in addition, the label is foreground (a
-    class other than background; regions: any region), i.e. the tumour voxels the teacher
-    finds. The mask carries no gradient."""
+    Labels: the argmax class equals the target (nnU-Net's ignore label never does: no output channel has it).
+    Regions: every region's sigmoid > 0.5 agrees with the target; with ``has_ignore_label`` the target carries one
+    channel more than the output, the ignore mask last (nnU-Net's ConvertSegmentationToRegionsTransform), and ignored
+    voxels are never correct. ``foreground_only``: only where, in addition, the label is foreground (a class other
+    than background; regions: any region), i.e. the tumour voxels the teacher finds. The mask carries no gradient."""
     output = output[0] if isinstance(output, (list, tuple)) else output
     target = target[0] if isinstance(target, (list, tuple)) else target
     with torch.no_grad():
         if has_regions:
+            ignored = None
+            if has_ignore_label:
+                target, ignored = target[:, :-1], target[:, -1:] > 0.5
+            if target.shape[1] != output.shape[1]:
+                raise ValueError(f"teacher_correct_mask: {output.shape[1]} region outputs but {target.shape[1]} "
+                                 f"target regions (has_ignore_label={has_ignore_label})")
             correct = ((output > 0) == (target > 0.5)).all(1, keepdim=True)
+            if ignored is not None:
+                correct &= ~ignored
         else:
             correct = output.argmax(1, keepdim=True) == target.long()
-        if foreground_only:  # the ignore label is never correct (no output channel)
+        if foreground_only:
             correct &= (target > 0.5).any(1, keepdim=True) if has_regions else target.long() > 0
     return correct.float()
 

@@ -328,7 +328,8 @@ class nnUNetTrainerCMEDL(ExperimentMixin, nnUNetTrainer):
             return None
         if self.hint_mask in ('teacher_correct', 'teacher_correct_foreground'):
             return teacher_correct_mask(output_teacher, target, self.label_manager.has_regions,
-                                        foreground_only=self.hint_mask == 'teacher_correct_foreground')
+                                        foreground_only=self.hint_mask == 'teacher_correct_foreground',
+                                        has_ignore_label=self.label_manager.has_ignore_label)
         raise ValueError(f"hint_mask {self.hint_mask!r}: expected one of {', '.join(HINT_MASKS)}")
 
     def discriminator_step(self, ct, mri, i2i) -> torch.Tensor:
