@@ -25,7 +25,7 @@ Settings (which methods, which hint options) are chosen by the validation pseudo
 in the figures); the test set is only predicted with trained models, never used to pick settings.
 
 Budgets:
-  cpu (default): about 85 min on 2 CPU cores (docs/BENCHMARK.md); 2d, 64x64 patches, batch 8, at most 32 feature
+  cpu (default): 85-135 min on 2 CPU cores (docs/BENCHMARK.md); 2d, 64x64 patches, batch 8, at most 32 feature
                  maps; 40 epochs x 30 iterations (1200), checkpoints every 10 epochs; 10 labelled cases (+40 for the
                  reference), 4 validation, 20 test, 16 MRI;
                  methods nnU-Net, CMEDL, CMEDL_noHint, CMEDL_FastCUT; seeds 0 1 2; reference seed 0.
