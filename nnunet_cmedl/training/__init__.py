@@ -17,6 +17,7 @@ from nnunet_cmedl.training.variants import (nnUNetTrainer_cpuBudget, nnUNetTrain
                                             nnUNetTrainerCMEDL_warmOutputHint, nnUNetTrainerCMEDL_warmAfterOnset,
                                             nnUNetTrainerCMEDL_warmTumourAfterOnset,
                                             nnUNetTrainerCMEDL_tseg5, nnUNetTrainerCMEDL_hintNorm,
+                                            nnUNetTrainerCMEDL_hintDeepStages,
                                             nnUNetTrainerCMEDL_teacherAdamW,
                                             nnUNetTrainerPseudoMRI_tinyCPU, nnUNetTrainerCTPseudoMRI_tinyCPU)
 from nnunet_cmedl.training.strategies import nnUNetTrainerCTPseudoMRI, nnUNetTrainerPseudoMRI
@@ -37,7 +38,7 @@ __all__ = ["nnUNetTrainerCMEDL", "nnUNetTrainerCMEDL_5epochs", "nnUNetTrainerCME
            "nnUNetTrainerCMEDL_teacherAheadWarm", "nnUNetTrainerCMEDL_warmMasked",
            "nnUNetTrainerCMEDL_warmTumourMasked", "nnUNetTrainerCMEDL_warmOutputHint",
            "nnUNetTrainerCMEDL_warmAfterOnset", "nnUNetTrainerCMEDL_warmTumourAfterOnset", "nnUNetTrainerCMEDL_tseg5",
-           "nnUNetTrainerCMEDL_hintNorm", "nnUNetTrainerCMEDL_teacherAdamW",
+           "nnUNetTrainerCMEDL_hintNorm", "nnUNetTrainerCMEDL_hintDeepStages", "nnUNetTrainerCMEDL_teacherAdamW",
            "nnUNetTrainerPseudoMRI", "nnUNetTrainerCTPseudoMRI", "nnUNetTrainerPseudoMRI_tinyCPU",
            "nnUNetTrainerCTPseudoMRI_tinyCPU", "nnUNetTrainerCMEDL_pairedOracle",
            "nnUNetTrainerCMEDL_pairedOracleNoHint", "nnUNetTrainerCMEDL_pairedOracleAfterOnset",

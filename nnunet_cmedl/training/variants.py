@@ -286,6 +286,16 @@ class nnUNetTrainerCMEDL_hintNorm(nnUNetTrainerCMEDL):
         self.hint_normalisation = 'channel'
 
 
+class nnUNetTrainerCMEDL_hintDeepStages(nnUNetTrainerCMEDL):
+    """The hint on the two decoder stages below CMEDL's last two (4 and 8 times coarser than the image): features
+    that carry what the network recognises more than where its borders lie (issue 8, section 2: which stages)."""
+
+    def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
+                 device: torch.device = torch.device('cuda')):
+        super().__init__(plans, configuration, fold, dataset_json, device)
+        self.hint_decoder_stages = (-4, -3)
+
+
 class nnUNetTrainerCMEDL_teacherAheadMasked(nnUNetTrainerCMEDL_teacherAhead):
     """teacherAhead, and the hint only on the voxels the teacher segments correctly (issue 8, stop 19: at the CPU
     budget the teacher on pMRI misses most easy tumours, and the hint toward it cost the student the easy ones)."""
