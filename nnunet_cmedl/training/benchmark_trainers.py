@@ -34,6 +34,7 @@ METHODS = {
     "CMEDL_tseg5": variants.nnUNetTrainerCMEDL_tseg5,
     "CMEDL_hintNorm": variants.nnUNetTrainerCMEDL_hintNorm,
     "CMEDL_hintDeepStages": variants.nnUNetTrainerCMEDL_hintDeepStages,
+    "CMEDL_hintLastStage": variants.nnUNetTrainerCMEDL_hintLastStage,
     "CMEDL_teacherAdamW": variants.nnUNetTrainerCMEDL_teacherAdamW,
     "CMEDL_identity": variants.nnUNetTrainerCMEDL_identity,
     "CMEDL_stridedStem": variants.nnUNetTrainerCMEDL_stridedStem,

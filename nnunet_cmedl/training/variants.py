@@ -296,6 +296,15 @@ class nnUNetTrainerCMEDL_hintDeepStages(nnUNetTrainerCMEDL):
         self.hint_decoder_stages = (-4, -3)
 
 
+class nnUNetTrainerCMEDL_hintLastStage(nnUNetTrainerCMEDL):
+    """The hint on the last decoder stage alone (full resolution), the one the segmentation head reads."""
+
+    def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
+                 device: torch.device = torch.device('cuda')):
+        super().__init__(plans, configuration, fold, dataset_json, device)
+        self.hint_decoder_stages = (-1,)
+
+
 class nnUNetTrainerCMEDL_teacherAheadMasked(nnUNetTrainerCMEDL_teacherAhead):
     """teacherAhead, and the hint only on the voxels the teacher segments correctly (issue 8, stop 19: at the CPU
     budget the teacher on pMRI misses most easy tumours, and the hint toward it cost the student the easy ones)."""
