@@ -421,6 +421,28 @@ def test_a_masked_hint_does_not_pull_the_student_toward_a_teacher_that_is_wrong(
         trainer.train_step(batch)
 
 
+@pytest.mark.parametrize("name, sizes", [("nnUNetTrainerCMEDL", [32, 64]),
+                                         ("nnUNetTrainerCMEDL_hintDeepStages", [8, 16]),
+                                         ("nnUNetTrainerCMEDL_hintLastStage", [64])])
+def test_the_hint_stage_variants_tap_the_stages_they_name(planned_dataset, monkeypatch, name, sizes):
+    """Issue 8, section 2 (which stages): on a U-Net with 4 decoder stages and a 64x64 input, CMEDL's hint taps the
+    stages at 32 and 64 pixels, hintDeepStages the two below (8, 16), hintLastStage the last alone; a network with
+    fewer stages than a variant names stops at initialisation with one line."""
+    from dynamic_network_architectures.architectures.unet import PlainConvUNet
+    from nnunet_cmedl import training
+    from nnunet_cmedl.distillation.hint import DecoderFeatureTap
+    from nnunet_cmedl.errors import UnsupportedSetup
+    trainer = make_trainer(planned_dataset, getattr(training, name), SMALL_2D, monkeypatch)
+    net = PlainConvUNet(1, 5, [4] * 5, torch.nn.Conv2d, 3, [1, 2, 2, 2, 2], 2, 2, [1] * 4, True,
+                        torch.nn.InstanceNorm2d, {"affine": True}, nonlin=torch.nn.LeakyReLU, deep_supervision=True)
+    with torch.no_grad():
+        _, features = DecoderFeatureTap(net, trainer.hint_decoder_stages)(torch.randn(1, 1, 64, 64))
+    assert [f.shape[-1] for f in features] == sizes
+    if name.endswith("DeepStages"):  # the tiny configuration's U-Net has 3 decoder stages
+        with pytest.raises(UnsupportedSetup, match=r"hint_decoder_stages \(-4, -3\): .* 3 stages"):
+            trainer.initialize()
+
+
 # region-based labels (a sigmoid per region) and labels with nnU-Net's ignore label; 3 is the ignore label (the highest)
 LABELS_WITH_IGNORE = {"regions": {"labels": {"background": 0, "whole": [1, 2], "core": 1, "ignore": 3},
                                   "regions_class_order": [2, 1]},

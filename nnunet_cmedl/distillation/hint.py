@@ -44,9 +44,11 @@ def unwrap(network: nn.Module) -> nn.Module:
 
 
 def resolve_stage_indices(num_stages: int, indices: Sequence[int]) -> List[int]:
-    """Negative indices count from the highest-resolution stage (-1 = last decoder stage) for any depth."""
+    """Negative indices count from the highest-resolution stage (-1 = last decoder stage) for any depth. Indices the
+    decoder does not have stop the trainer with one line (``UnsupportedSetup``)."""
     if not indices or any(not -num_stages <= i < num_stages for i in indices):
-        raise ValueError(f"hint decoder stages {tuple(indices)} out of range for a decoder with {num_stages} stages")
+        raise UnsupportedSetup(f"hint_decoder_stages {tuple(indices)}: this network's decoder has {num_stages} stages "
+                               f"(indices {-num_stages} to {num_stages - 1}); choose stages it has")
     return sorted({i % num_stages for i in indices})
 
 
