@@ -287,8 +287,9 @@ class nnUNetTrainerCMEDL_hintNorm(nnUNetTrainerCMEDL):
 
 
 class nnUNetTrainerCMEDL_hintDeepStages(nnUNetTrainerCMEDL):
-    """The hint on the two decoder stages below CMEDL's last two (4 and 8 times coarser than the image): features
-    that carry what the network recognises more than where its borders lie (issue 8, section 2: which stages)."""
+    """The hint on the two decoder stages below CMEDL's last two (a quarter and an eighth of the resolution where each
+    stage halves it): features that carry what the network recognises more than where its borders lie (issue 8,
+    section 2: which stages; stop 39)."""
 
     def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
                  device: torch.device = torch.device('cuda')):
