@@ -443,6 +443,30 @@ def test_the_hint_stage_variants_tap_the_stages_they_name(planned_dataset, monke
             trainer.initialize()
 
 
+
+@pytest.mark.parametrize("started_trainer", [TINY], indirect=True)
+@pytest.mark.parametrize("name, weight", [("nnUNetTrainerCMEDL_lambdaHint0p3", 0.3),
+                                          ("nnUNetTrainerCMEDL_lambdaHint0p1", 0.1)])
+def test_the_hint_weight_variants_scale_the_hints_pull_on_the_student(started_trainer, planned_dataset, monkeypatch,
+                                                                      tmp_path, name, weight):
+    """Issue 8, section 2 (hint scale; stop 40's dose-response): a variant's lambda_hint scales what the hint adds to
+    the student's first update, and nothing else: from the same state, (step at its weight - step without hint) =
+    weight x (step at CMEDL's 1 - step without hint), and the teacher's step is the same at every weight."""
+    from nnunet_cmedl import training
+    assert make_trainer(planned_dataset, getattr(training, name), SMALL_2D, monkeypatch).lambda_hint == weight
+    trainer, batch = started_trainer
+    ckpt = tmp_path / "state.pth"
+    trainer.save_checkpoint(str(ckpt))
+    teacher_0, student_0 = step_from(trainer, ckpt, batch, lambda_hint=0.0)
+    teacher_1, student_1 = step_from(trainer, ckpt, batch, lambda_hint=1.0)
+    teacher_w, student_w = step_from(trainer, ckpt, batch, lambda_hint=weight)
+    assert weights_equal(teacher_0, teacher_1) and weights_equal(teacher_0, teacher_w)
+    moved = [k for k in student_0 if student_0[k].is_floating_point() and not torch.equal(student_0[k], student_1[k])]
+    assert len(moved) > len(student_0) // 2  # the hint reaches most of the student (the decoder and what feeds it)
+    pull_1 = torch.cat([(student_1[k] - student_0[k]).flatten() for k in moved])
+    pull_w = torch.cat([(student_w[k] - student_0[k]).flatten() for k in moved])
+    assert torch.allclose(pull_w, weight * pull_1, rtol=1e-3, atol=1e-3 * pull_1.abs().max().item())
+
 # region-based labels (a sigmoid per region) and labels with nnU-Net's ignore label; 3 is the ignore label (the highest)
 LABELS_WITH_IGNORE = {"regions": {"labels": {"background": 0, "whole": [1, 2], "core": 1, "ignore": 3},
                                   "regions_class_order": [2, 1]},

@@ -18,6 +18,7 @@ from nnunet_cmedl.training.variants import (nnUNetTrainer_cpuBudget, nnUNetTrain
                                             nnUNetTrainerCMEDL_warmTumourAfterOnset,
                                             nnUNetTrainerCMEDL_tseg5, nnUNetTrainerCMEDL_hintNorm,
                                             nnUNetTrainerCMEDL_hintDeepStages, nnUNetTrainerCMEDL_hintLastStage,
+                                            nnUNetTrainerCMEDL_lambdaHint0p3, nnUNetTrainerCMEDL_lambdaHint0p1,
                                             nnUNetTrainerCMEDL_teacherAdamW,
                                             nnUNetTrainerPseudoMRI_tinyCPU, nnUNetTrainerCTPseudoMRI_tinyCPU)
 from nnunet_cmedl.training.strategies import nnUNetTrainerCTPseudoMRI, nnUNetTrainerPseudoMRI
@@ -39,7 +40,8 @@ __all__ = ["nnUNetTrainerCMEDL", "nnUNetTrainerCMEDL_5epochs", "nnUNetTrainerCME
            "nnUNetTrainerCMEDL_warmTumourMasked", "nnUNetTrainerCMEDL_warmOutputHint",
            "nnUNetTrainerCMEDL_warmAfterOnset", "nnUNetTrainerCMEDL_warmTumourAfterOnset", "nnUNetTrainerCMEDL_tseg5",
            "nnUNetTrainerCMEDL_hintNorm", "nnUNetTrainerCMEDL_hintDeepStages",
-           "nnUNetTrainerCMEDL_hintLastStage", "nnUNetTrainerCMEDL_teacherAdamW",
+           "nnUNetTrainerCMEDL_hintLastStage", "nnUNetTrainerCMEDL_lambdaHint0p3",
+           "nnUNetTrainerCMEDL_lambdaHint0p1", "nnUNetTrainerCMEDL_teacherAdamW",
            "nnUNetTrainerPseudoMRI", "nnUNetTrainerCTPseudoMRI", "nnUNetTrainerPseudoMRI_tinyCPU",
            "nnUNetTrainerCTPseudoMRI_tinyCPU", "nnUNetTrainerCMEDL_pairedOracle",
            "nnUNetTrainerCMEDL_pairedOracleNoHint", "nnUNetTrainerCMEDL_pairedOracleAfterOnset",

@@ -35,6 +35,8 @@ METHODS = {
     "CMEDL_hintNorm": variants.nnUNetTrainerCMEDL_hintNorm,
     "CMEDL_hintDeepStages": variants.nnUNetTrainerCMEDL_hintDeepStages,
     "CMEDL_hintLastStage": variants.nnUNetTrainerCMEDL_hintLastStage,
+    "CMEDL_lambdaHint0p3": variants.nnUNetTrainerCMEDL_lambdaHint0p3,
+    "CMEDL_lambdaHint0p1": variants.nnUNetTrainerCMEDL_lambdaHint0p1,
     "CMEDL_teacherAdamW": variants.nnUNetTrainerCMEDL_teacherAdamW,
     "CMEDL_identity": variants.nnUNetTrainerCMEDL_identity,
     "CMEDL_stridedStem": variants.nnUNetTrainerCMEDL_stridedStem,

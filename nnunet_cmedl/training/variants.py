@@ -306,6 +306,25 @@ class nnUNetTrainerCMEDL_hintLastStage(nnUNetTrainerCMEDL):
         self.hint_decoder_stages = (-1,)
 
 
+class nnUNetTrainerCMEDL_lambdaHint0p3(nnUNetTrainerCMEDL):
+    """The hint weighted 0.3 instead of CMEDL's 1, everything else as published (issue 8, section 2: hint scale;
+    stop 40's dose-response, with 0 = nnUNetTrainerCMEDL_noHint, whose student is plain nnU-Net's)."""
+
+    def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
+                 device: torch.device = torch.device('cuda')):
+        super().__init__(plans, configuration, fold, dataset_json, device)
+        self.lambda_hint = 0.3
+
+
+class nnUNetTrainerCMEDL_lambdaHint0p1(nnUNetTrainerCMEDL):
+    """The hint weighted 0.1 instead of CMEDL's 1 (stop 40's dose-response)."""
+
+    def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
+                 device: torch.device = torch.device('cuda')):
+        super().__init__(plans, configuration, fold, dataset_json, device)
+        self.lambda_hint = 0.1
+
+
 class nnUNetTrainerCMEDL_teacherAheadMasked(nnUNetTrainerCMEDL_teacherAhead):
     """teacherAhead, and the hint only on the voxels the teacher segments correctly (issue 8, stop 19: at the CPU
     budget the teacher on pMRI misses most easy tumours, and the hint toward it cost the student the easy ones)."""
