@@ -196,10 +196,19 @@ def timed_steps(trainer, batches, warmup: int, iterations: int, cuda: bool) -> l
     return times
 
 
+def deep_supervision_targets(full, scales) -> list:
+    """A target (B, C, *patch) at every deep-supervision scale, exactly as nnU-Net's DownsampleSegForDSTransform
+    makes them: nearest-exact to round(patch * scale), in the target's dtype (``full`` itself at scale 1)."""
+    from torch.nn.functional import interpolate
+    return [full if all(s == 1 for s in scale) else
+            interpolate(full.float(), [round(p * s) for p, s in zip(full.shape[2:], scale)],
+                        mode="nearest-exact").to(full.dtype)
+            for scale in scales]
+
+
 def make_batch(trainer, seed: int = 0) -> dict:
     """A batch like nnU-Net's loader gives: float32 data (B, C, *patch), int16 targets per deep-supervision scale."""
     import torch
-    from torch.nn.functional import interpolate
     g = torch.Generator().manual_seed(seed)
     patch = [int(p) for p in trainer.configuration_manager.patch_size]
     b = trainer.batch_size
@@ -211,13 +220,7 @@ def make_batch(trainer, seed: int = 0) -> dict:
     blob = sum(x ** 2 for x in axes) <= 0.5 ** 2  # an ellipsoid, half the patch wide: Dice is not degenerate
     full = (blob.to(torch.int16) * label).expand(b, channels, *patch).contiguous()
     scales = trainer._get_deep_supervision_scales()
-    if scales is None:
-        target = full
-    else:  # exactly nnU-Net's DownsampleSegForDSTransform: nearest-exact to round(patch * scale)
-        target = [full if all(s == 1 for s in scale) else
-                  interpolate(full.float(), [round(p * s) for p, s in zip(patch, scale)],
-                              mode="nearest-exact").to(torch.int16)
-                  for scale in scales]
+    target = full if scales is None else deep_supervision_targets(full, scales)
     batch = {"data": data, "target": target}
     if trainer.device.type == "cuda":  # nnU-Net's loaders pin memory on CUDA
         batch = {"data": data.pin_memory(),

@@ -481,7 +481,7 @@ def test_every_hint_mask_trains_on_datasets_with_regions_or_an_ignore_label(plan
     ignore label is a value no output has. Every part trains under every hint mask, and the masks never count an
     ignored voxel as one the teacher got right. (Batches as nnU-Net's transforms give them: the tiny dataset was not
     preprocessed with these labels, so its loaders cannot serve them.)"""
-    from torch.nn.functional import interpolate
+    from nnunet_cmedl.speed import deep_supervision_targets
     from nnunet_cmedl.training import nnUNetTrainerCMEDL_tinyCPU
     for k in ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_n_proc_DA"):
         monkeypatch.setenv(k, planned_dataset["env"][k])
@@ -506,8 +506,7 @@ def test_every_hint_mask_trains_on_datasets_with_regions_or_an_ignore_label(plan
         full = torch.cat([(seg == 1) | (seg == 2), seg == 1, seg == 3], 1)
     else:
         full = seg.to(torch.int16)
-    targets = [interpolate(full.float(), [round(p * s) for p, s in zip(patch, scale)], mode="nearest-exact")
-               .to(full.dtype) for scale in trainer._get_deep_supervision_scales()]
+    targets = deep_supervision_targets(full, trainer._get_deep_supervision_scales())
     batch = {"data": torch.randn((b, 1, *patch), generator=g), "target": targets}
     trainer.on_train_epoch_start()
     trainer.lambda_hint = 1.0
